@@ -1,0 +1,69 @@
+"""Builds supcon_fast._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit is found.
+
+Toolkit: CUDA_HOME, else /usr/local/cuda if it has include/cuda_runtime.h (an nvcc on PATH alone
+can point at the wrong folder). Arch list: TORCH_CUDA_ARCH_LIST, else the visible GPUs', else
+8.0;9.0. SUPCON_FORCE_CPU=1 skips CUDA. MAX_JOBS is respected (ninja).
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0"
+
+
+def find_cuda_home():
+    if os.environ.get("SUPCON_FORCE_CPU", "0") == "1":
+        return None
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.exists(os.path.join(candidate, "include", "cuda_runtime.h")):
+            return candidate
+    return None
+
+
+cuda_home = find_cuda_home()
+if cuda_home:
+    # torch.utils.cpp_extension reads CUDA_HOME once, at import: set it first.
+    os.environ["CUDA_HOME"] = cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+sources = [os.path.relpath(p, ROOT) for p in
+           sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
+cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
+cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]  # the C++ standard is torch's (C++20 for 2.14, C++17 for older)
+
+if cuda_home:
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        if torch.cuda.is_available():
+            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    ext = CUDAExtension(
+        "supcon_fast._C", sources + cuda_sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx_flags + ["-DSUPCON_WITH_CUDA"],
+                            "nvcc": ["-O3", "-lineinfo", "-DSUPCON_WITH_CUDA"]},
+    )
+else:
+    ext = CppExtension("supcon_fast._C", sources, include_dirs=[os.path.join(ROOT, "csrc")],
+                       extra_compile_args={"cxx": cxx_flags})
+
+print(
+    "supcon_fast build: "
+    f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
+    f"CUDA kernels {'ON' if cuda_home else 'OFF'}"
+    + (f" [toolkit {cuda_home}, archs {os.environ['TORCH_CUDA_ARCH_LIST']}, {len(cuda_sources)} .cu files]" if cuda_home
+       else (" [SUPCON_FORCE_CPU=1]" if os.environ.get("SUPCON_FORCE_CPU") == "1" else " [no CUDA toolkit found]"))
+    + f", MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}",
+    file=sys.stderr,
+)
+
+setup(
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,334 @@
+"""CUDA-only checks of the fused op (csrc/cuda/): tile edges, dtypes, large N against a chunked fp64
+reference, memory, autocast through the public API, and opcheck.
+
+The CPU parity tests (tests/test_ops.py) run on CUDA too; these are the extras. Everything here is
+skipped without a GPU, and nothing touches a GPU at import.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from supcon_fast import ops, supcon_loss
+from supcon_fast.reference import supcon_loss_reference
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not ops.has_kernel("cuda"), reason="supcon_fast._C built without CUDA kernels"),
+]
+
+DEV = "cuda"
+
+
+# ------------------------------------------------------------------------------------------------
+# Materialized op reference (the contract of csrc/supcon.h), any dtype; fp64 is the truth.
+# ------------------------------------------------------------------------------------------------
+def op_reference(z, labels, offset, m, temperature, variant_in):
+    """(loss, lse, pos_term, npos) for anchors z[offset:offset+m] against all of z, materialized."""
+    n = z.shape[0]
+    s = z[offset:offset + m] @ z.T / temperature                       # [M, N]
+    rows = torch.arange(m, device=z.device) + offset
+    not_self = torch.ones(m, n, dtype=torch.bool, device=z.device)
+    not_self[torch.arange(m, device=z.device), rows] = False
+    pos = (labels[rows][:, None] == labels[None, :]) & not_self
+    npos = pos.sum(1)
+    neg_inf = torch.tensor(float("-inf"), dtype=s.dtype, device=z.device)
+    lse = torch.logsumexp(torch.where(not_self, s, neg_inf), 1)
+    if variant_in:
+        pos_term = torch.logsumexp(torch.where(pos, s, neg_inf), 1)
+        loss = lse - pos_term + torch.log(npos.clamp(min=1).to(s.dtype))
+    else:
+        pos_term = torch.where(pos, s, torch.zeros_like(s)).sum(1) / npos.clamp(min=1).to(s.dtype)
+        loss = lse - pos_term
+    loss = torch.where(npos > 0, loss, torch.zeros_like(loss))
+    return loss, lse, pos_term, npos
+
+
+def fused(z, labels, offset, m, temperature, variant_in):
+    return ops.supcon_fwd(z, labels, offset, m, temperature, variant_in)
+
+
+def fused_grad(z, labels, offset, m, temperature, variant_in, grad_loss):
+    zz = z.detach().clone().requires_grad_()
+    loss = fused(zz, labels, offset, m, temperature, variant_in)[0]
+    (loss * grad_loss).sum().backward()
+    return loss.detach(), zz.grad
+
+
+def ref_grad(z, labels, offset, m, temperature, variant_in, grad_loss, dtype):
+    zz = z.detach().to(dtype).clone().requires_grad_()
+    loss = op_reference(zz, labels, offset, m, temperature, variant_in)[0]
+    (loss * grad_loss.to(loss.dtype)).sum().backward()
+    return loss.detach(), zz.grad
+
+
+def make(n, d, n_classes, dtype, seed=0, scale=1.0, normalize=True):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    if normalize:
+        z = torch.nn.functional.normalize(z, dim=1)
+    z = (z * scale).to(dtype).to(DEV)
+    labels = (torch.randint(0, n_classes, (n,), generator=g) * 7919 - 3).to(DEV)  # arbitrary int64 values
+    return z, labels
+
+
+def assert_half_rule(fused_v, ref64, ref_lowp, what, eps):
+    """DEVELOPERS.md rule: fused error vs fp64 <= 2 x (the reference's own error in that dtype) + eps."""
+    finite = torch.isfinite(ref64)
+    assert torch.equal(torch.isfinite(fused_v), finite), f"{what}: finite entries differ from the fp64 reference"
+    if not finite.any():
+        return
+    err = (fused_v.double() - ref64)[finite].abs().max().item()
+    ref_err = (ref_lowp.double() - ref64)[finite].abs().max().item()
+    assert err <= 2 * ref_err + eps, f"{what}: fused err {err:.3e} > 2 x reference err {ref_err:.3e} + {eps:g}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile edges: N, M not multiples of the tiles (128 x 64 tensor-core, 64 x 64 FFMA), D not a multiple
+# of 8 / 16 or larger than a 128-wide D chunk, anchor blocks with an offset, classes without positives.
+# ------------------------------------------------------------------------------------------------
+SHAPES = [  # (N, D, offset, M)
+    (1, 4, 0, 1), (2, 3, 0, 2), (2, 3, 1, 1), (37, 13, 0, 37), (130, 64, 0, 130), (130, 64, 5, 70),
+    (257, 128, 0, 257), (200, 130, 0, 200), (300, 257, 40, 129), (70, 1030, 0, 70), (513, 8, 0, 513),
+    (129, 1, 128, 1), (1000, 33, 0, 100), (1000, 33, 700, 150), (600, 64, 130, 5),
+]
+
+
+@pytest.mark.parametrize("variant_in", [False, True], ids=["out", "in"])
+@pytest.mark.parametrize("n,d,offset,m", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_full_precision_paths(n, d, offset, m, dtype, variant_in):
+    z, labels = make(n, d, max(1, n // 3), dtype, seed=n + d)
+    t = 0.1
+    loss, lse, pos, npos = fused(z, labels, offset, m, t, variant_in)
+    r_loss, r_lse, r_pos, r_npos = op_reference(z.double(), labels, offset, m, t, variant_in)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert npos.dtype == torch.int64 and torch.equal(npos, r_npos)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), r_lse, **tol)
+    torch.testing.assert_close(loss.double(), r_loss, **tol)
+    has = r_npos > 0
+    torch.testing.assert_close(pos.double()[has], r_pos[has], **tol)
+    if variant_in:
+        assert torch.isneginf(pos[~has]).all()
+    gl = torch.randn(m, dtype=torch.float64, device=DEV)
+    _, grad = fused_grad(z, labels, offset, m, t, variant_in, gl.to(loss.dtype))
+    _, r_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, torch.float64)
+    assert grad.dtype == dtype and grad.shape == z.shape
+    torch.testing.assert_close(grad.double(), r_grad, **tol)
+
+
+@pytest.mark.parametrize("variant_in", [False, True], ids=["out", "in"])
+@pytest.mark.parametrize("n,d,offset,m", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tensor_core_paths(n, d, offset, m, dtype, variant_in):
+    z, labels = make(n, d, max(1, n // 3), dtype, seed=n + d)
+    t = 0.1
+    loss, lse, pos, npos = fused(z, labels, offset, m, t, variant_in)
+    assert loss.dtype == torch.float32 and lse.dtype == torch.float32
+    r_loss, r_lse, _, r_npos = op_reference(z.double(), labels, offset, m, t, variant_in)
+    lp_loss, lp_lse, _, _ = op_reference(z, labels, offset, m, t, variant_in)  # the reference in that dtype
+    assert torch.equal(npos, r_npos)
+    assert_half_rule(lse, r_lse, lp_lse, "lse", eps=1e-3)
+    assert_half_rule(loss, r_loss, lp_loss, "loss", eps=1e-3)
+    gl = torch.rand(m, dtype=torch.float32, device=DEV) / max(m, 1)
+    _, grad = fused_grad(z, labels, offset, m, t, variant_in, gl)
+    _, r_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, torch.float64)
+    _, lp_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, dtype)
+    assert grad.dtype == dtype
+    assert_half_rule(grad, r_grad, lp_grad, "grad", eps=1e-3 * max(r_grad.abs().max().item(), 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("temperature,scale", [(0.01, 1.0), (1.0, 100.0), (0.01, 100.0)])
+def test_extreme_logits_stay_finite(dtype, temperature, scale):
+    # |s| up to 1e6: only a running max keeps exp() finite
+    z, labels = make(300, 64, 10, dtype, seed=3, scale=scale, normalize=True)
+    for variant_in in (False, True):
+        loss, lse, pos, npos = fused(z, labels, 0, 300, temperature, variant_in)
+        assert torch.isfinite(loss).all() and torch.isfinite(lse).all()
+        r_lse = op_reference(z.double(), labels, 0, 300, temperature, variant_in)[1]
+        torch.testing.assert_close(lse.double(), r_lse, rtol=1e-4, atol=1e-3)
+        _, grad = fused_grad(z, labels, 0, 300, temperature, variant_in,
+                             torch.full((300,), 1 / 300, device=DEV))
+        assert torch.isfinite(grad.float()).all()
+
+
+def test_empty_and_misaligned_inputs():
+    z, labels = make(50, 8, 5, torch.bfloat16)
+    loss, lse, pos, npos = fused(z, labels, 10, 0, 0.1, False)
+    assert loss.shape == lse.shape == pos.shape == npos.shape == (0,)
+    grad = torch.ops.supcon_fast.supcon_bwd.default(loss, z, labels, lse, pos, npos, 10, 0, 0.1, False)
+    assert grad.shape == z.shape and (grad == 0).all()
+    # data pointer not 16-byte aligned (vector loads off) and a non-contiguous z
+    flat = torch.randn(50 * 8 + 3, dtype=torch.bfloat16, device=DEV)
+    zm = flat[3:].view(50, 8)
+    a = fused(zm, labels, 0, 50, 0.1, True)[0]
+    b = fused(zm.clone(), labels, 0, 50, 0.1, True)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    zt = torch.randn(8, 50, device=DEV).T
+    torch.testing.assert_close(fused(zt, labels, 0, 50, 0.1, False)[0], fused(zt.contiguous(), labels, 0, 50, 0.1, False)[0])
+
+
+def test_bad_arguments_name_the_argument():
+    z, labels = make(10, 4, 2, torch.float32)
+    with pytest.raises(RuntimeError, match="labels"):
+        fused(z, labels.cpu(), 0, 10, 0.1, False)
+    with pytest.raises(RuntimeError, match="anchor block"):
+        fused(z, labels, 5, 6, 0.1, False)
+    with pytest.raises(RuntimeError, match="temperature"):
+        fused(z, labels, 0, 10, 0.0, False)
+
+
+def test_symmetric_backward_is_deterministic():
+    z, labels = make(4096, 128, 100, torch.bfloat16, seed=1)
+    gl = torch.full((4096,), 1 / 4096, device=DEV)
+    g1 = fused_grad(z, labels, 0, 4096, 0.1, False, gl)[1]
+    g2 = fused_grad(z, labels, 0, 4096, 0.1, False, gl)[1]
+    assert torch.equal(g1, g2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Large N against a chunked fp64 reference (never an N x N matrix in memory).
+# ------------------------------------------------------------------------------------------------
+def chunked_lse64(z, rows, chunk=1024):
+    """fp64 LSE over j != a for the given global rows, computed in row chunks."""
+    z64 = z.double()
+    out = torch.empty(len(rows), dtype=torch.float64, device=z.device)
+    for s in range(0, len(rows), chunk):
+        r = rows[s:s + chunk]
+        logits = z64[r] @ z64.T
+        logits[torch.arange(len(r), device=z.device), r] = float("-inf")
+        out[s:s + chunk] = torch.logsumexp(logits, 1)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [65536, 262144])
+def test_large_n_lse_against_chunked_fp64(n, dtype):
+    t = 0.1
+    z, labels = make(n, 128, 1000, dtype, seed=n)
+    loss, lse, pos, npos = fused(z, labels, 0, n, t, False)
+    assert torch.isfinite(lse).all() and torch.isfinite(loss).all()
+    rows = torch.randperm(n, device=DEV)[:4096]
+    zs = z.double() / math.sqrt(t)  # s_ij = (z_i / sqrt t) . (z_j / sqrt t)
+    r_lse = chunked_lse64(zs, rows)
+    # z is the same (rounded) input for both: the only differences are fp32 accumulation and sums
+    torch.testing.assert_close(lse[rows].double(), r_lse, rtol=2e-5, atol=2e-4)
+    # 'out' positive term via class sums in fp64
+    z64 = z.double()
+    _, inv = torch.unique(labels, return_inverse=True)
+    csum = torch.zeros(int(inv.max()) + 1, 128, dtype=torch.float64, device=DEV).index_add_(0, inv, z64)
+    r_np = torch.bincount(inv)[inv[rows]] - 1
+    r_pos = (z64[rows] * (csum[inv[rows]] - z64[rows])).sum(1) / (t * r_np.clamp(min=1))
+    assert torch.equal(npos[rows], r_np)
+    torch.testing.assert_close(pos[rows].double(), r_pos, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant_in", [False, True], ids=["out", "in"])
+@pytest.mark.parametrize("n,offset,m", [(65536, 0, 65536), (40000, 10000, 5000)], ids=["symmetric", "anchor_block"])
+def test_large_n_grad_against_chunked_fp64(n, offset, m, variant_in):
+    d, t = 128, 0.1
+    z, labels = make(n, d, 2000, torch.bfloat16, seed=7)
+    gl = torch.full((m,), 1.0 / m, device=DEV)
+    loss, grad = fused_grad(z, labels, offset, m, t, variant_in, gl)
+    assert torch.isfinite(grad.float()).all()
+    # fp64 statistics of every anchor, chunked, then the gradient of a subset of rows:
+    # grad[r] = sum_j ([r anchor] G_rj + [j anchor] G_jr) z_j / t, with
+    # G_ij = g_i (exp(s_ij - lse_i) - [j in P(i)] ('in': exp(s_ij - pt_i) | 'out': 1 / npos_i))
+    z64 = z.double()
+    _, inv = torch.unique(labels, return_inverse=True)
+    anchors = torch.arange(offset, offset + m, device=DEV)
+    lse64 = chunked_lse64(z64 / math.sqrt(t), anchors)
+    npos = (torch.bincount(inv)[inv[anchors]] - 1).double()
+    pt64 = torch.zeros(m, dtype=torch.float64, device=DEV)
+    if variant_in:
+        for s in range(0, m, 2048):
+            r = anchors[s:s + 2048]
+            logits = z64[r] @ z64.T / t
+            same = inv[r][:, None] == inv[None, :]
+            same[torch.arange(len(r), device=DEV), r] = False
+            pt64[s:s + 2048] = torch.logsumexp(logits.masked_fill(~same, float("-inf")), 1)
+    pt64 = torch.where(npos > 0, pt64, torch.zeros_like(pt64))  # anchors without a positive: g = 0 anyway
+    g = torch.where(npos > 0, torch.full_like(npos, 1.0 / m), torch.zeros_like(npos))
+
+    def g_term(logits, same, lse_, pt_, npos_):
+        if variant_in:
+            return torch.exp(logits - lse_) - same * torch.exp(logits - pt_)
+        return torch.exp(logits - lse_) - same / npos_.clamp(min=1)
+
+    perm = torch.randperm(n, device=DEV)
+    rows = torch.cat([perm[:512], anchors[torch.randperm(m, device=DEV)[:512]]])
+    logits = z64[rows] @ z64.T / t                                     # s_rj = s_jr
+    not_self = torch.ones(len(rows), n, dtype=torch.bool, device=DEV)
+    not_self[torch.arange(len(rows), device=DEV), rows] = False
+    same = (inv[rows][:, None] == inv[None, :]) & not_self
+    hmat = torch.zeros_like(logits)
+    is_anchor_row = (rows >= offset) & (rows < offset + m)
+    ia = (rows - offset).clamp(0, m - 1)                               # anchor index of each row (if any)
+    row_term = g[ia][:, None] * g_term(logits, same, lse64[ia][:, None], pt64[ia][:, None], npos[ia][:, None])
+    hmat += torch.where(is_anchor_row[:, None], row_term, torch.zeros_like(row_term))
+    cols = slice(offset, offset + m)
+    hmat[:, cols] += g[None, :] * g_term(logits[:, cols], same[:, cols], lse64[None, :], pt64[None, :], npos[None, :])
+    hmat *= not_self
+    r_grad = hmat @ z64 / t
+    err = (grad[rows].double() - r_grad).abs().max().item()
+    scale = r_grad.abs().max().item()
+    assert err <= 2e-2 * scale, f"grad err {err:.3e} vs max |grad| {scale:.3e}"
+
+
+def test_memory_is_linear_in_n():
+    n, d = 65536, 128
+    z, labels = make(n, d, 1000, torch.bfloat16, seed=5)
+    z.requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = supcon_loss(z.view(n // 2, 2, d), labels[: n // 2], impl="fused")
+    loss.backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    budget = 64 * 2**20 + 4 * n * d
+    assert peak <= budget, f"loss-attributable peak {peak / 2**20:.1f} MiB > {budget / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API under autocast, and opcheck.
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_autocast_public_api(amp_dtype, variant):
+    g = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(96, 2, 32, generator=g), dim=-1).to(DEV)
+    labels = torch.randint(0, 10, (96,), generator=g).to(DEV)
+    f = feats.clone().requires_grad_()
+    with torch.autocast("cuda", dtype=amp_dtype):
+        loss = supcon_loss(f, labels, temperature=0.1, variant=variant, impl="fused")
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert f.grad.dtype == torch.float32 and torch.isfinite(f.grad).all()
+    f64 = feats.double().requires_grad_()
+    ref = supcon_loss_reference(f64, labels, temperature=0.1, variant=variant)
+    ref.backward()
+    flp = feats.to(amp_dtype).requires_grad_()
+    ref_lp = supcon_loss_reference(flp, labels, temperature=0.1, variant=variant)
+    ref_lp.backward()
+    assert abs(loss.item() - ref.item()) <= 2 * abs(ref_lp.item() - ref.item()) + 1e-3
+    err = (f.grad.double() - f64.grad).abs().max().item()
+    ref_err = (flp.grad.double() - f64.grad).abs().max().item()
+    assert err <= 2 * ref_err + 1e-3 * f64.grad.abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("offset,m", [(0, 70), (10, 30)])
+def test_opcheck_cuda(dtype, offset, m):
+    z, labels = make(70, 20, 7, dtype, seed=2)
+    z.requires_grad_()
+    torch.library.opcheck(torch.ops.supcon_fast.supcon_fwd.default, (z, labels, offset, m, 0.1, True))
+    torch.library.opcheck(torch.ops.supcon_fast.supcon_fwd.default, (z, labels, offset, m, 0.1, False))
+    loss, lse, pos, npos = fused(z.detach(), labels, offset, m, 0.1, False)
+    torch.library.opcheck(torch.ops.supcon_fast.supcon_bwd.default,
+                          (torch.ones_like(loss), z.detach(), labels, lse, pos, npos, offset, m, 0.1, False))

@@ -161,24 +161,25 @@ def run_benchmark(ns, dims, dtypes, impls, device="cpu", repeats=5, timeout_s=60
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(device)}
     device_name = meta["machine"].get("gpu") if device == "cuda" else meta["machine"]["cpu"]
+    # impls innermost: at each size they run back to back, so their ratio sees the same machine load
     for dim in dims:
         for dtype in dtypes:
-            for impl in impls:
-                skip_rest = None
-                for n in sorted(ns):
+            failed_at = {}  # impl -> the first size it ran out of memory or time at
+            for n in sorted(ns):
+                for impl in impls:
                     case = {"impl": impl, "device": device, "dtype": dtype, "n": n, "dim": dim,
                             "repeats": repeats, "threads": threads, "temperature": temperature,
                             "time_budget_s": timeout_s / 4,
                             "mem_limit_bytes": int(mem_limit_gb * 2**30) if mem_limit_gb else None}
                     if impl == "pml" and not _has_pml():
                         result = {"status": "skipped", "note": "pytorch-metric-learning is not installed"}
-                    elif skip_rest:
-                        result = {"status": skip_rest["status"],
-                                  "note": f"not run: already {skip_rest['status']} at n={skip_rest['n']}"}
+                    elif impl in failed_at:
+                        prev = failed_at[impl]
+                        result = {"status": prev["status"], "note": f"not run: already {prev['status']} at n={prev['n']}"}
                     else:
                         result = run_case_subprocess(case, timeout_s)
                         if result["status"] in ("oom", "timeout"):
-                            skip_rest = {"status": result["status"], "n": n}
+                            failed_at[impl] = {"status": result["status"], "n": n}
                     rec = {"impl": impl, "device": device, "device_name": device_name, "dtype": dtype, "n": n,
                            "dim": dim, "fwd_bwd_ms": None, "peak_mem_bytes": None, **result, **meta}
                     records.append(rec)

@@ -1,0 +1,32 @@
+"""The loss benchmark's records: schema, and out-of-memory / time-out cases recorded, not dropped."""
+import json
+
+from supcon_fast import benchmarks
+
+KEYS = {"impl", "device", "device_name", "dtype", "n", "dim", "fwd_bwd_ms", "peak_mem_bytes", "torch", "commit",
+        "date", "status", "machine"}
+
+
+def test_records_schema_plot_and_table(tmp_path):
+    recs = benchmarks.run_benchmark([96], [16], ["fp32"], ["fused", "reference"], repeats=2, timeout_s=120,
+                                    progress=lambda s: None)
+    assert [r["impl"] for r in recs] == ["fused", "reference"]
+    for r in recs:
+        assert KEYS <= set(r), KEYS - set(r)
+        assert r["status"] == "ok" and r["fwd_bwd_ms"] > 0 and r["peak_mem_bytes"] >= 0 and r["n"] == 96
+    assert abs(recs[0]["loss"] - recs[1]["loss"]) < 1e-4  # both impls computed the same loss
+    json.dumps(recs)
+    benchmarks.plot(recs, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    table = benchmarks.markdown_table(recs)
+    assert "| fp32 | 96 |" in table
+
+
+def test_out_of_memory_and_timeout_are_recorded(tmp_path):
+    # 20 MB of address space above the inputs: the materialized reference at n=4096 needs far more
+    oom = benchmarks.run_benchmark([4096, 8192], [64], ["fp32"], ["reference"], repeats=1, timeout_s=120,
+                                   mem_limit_gb=0.02, progress=lambda s: None)
+    assert [r["status"] for r in oom] == ["oom", "oom"]
+    assert "already oom at n=4096" in oom[1]["note"]
+    slow = benchmarks.run_benchmark([64], [8], ["fp32"], ["fused"], repeats=1, timeout_s=0.5, progress=lambda s: None)
+    assert slow[0]["status"] == "timeout" and slow[0]["fwd_bwd_ms"] is None

@@ -1,0 +1,108 @@
+"""Data: DALI multi-view train loader, eval loader, datasets, torchvision baseline.
+
+    from supcon_fast.data import build_train_loader, build_eval_loader, make_digits
+
+DALI is imported lazily (when a pipeline is built), so `make_digits`, `scan` and `check_dataset`
+work without it, and `backend="auto"` (the default) falls back to the torchvision loader where
+DALI is not installed (this project's GPU machine has none).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .datasets import (DEFAULT_DIGITS_ROOT, CheckReport, check_dataset, make_digits,
+                       make_synthetic)
+from .folder import Samples, scan
+from .recipe import IMAGENET_MEAN, IMAGENET_STD, POLICIES, check_policy
+
+__all__ = ["build_train_loader", "build_eval_loader", "dali_available", "make_digits",
+           "make_synthetic", "check_dataset", "CheckReport", "scan", "Samples", "POLICIES",
+           "DEFAULT_DIGITS_ROOT", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+
+def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr", device="cpu",
+                       shard_id=0, num_shards=1, seed=0, num_threads=2, scale=(0.08, 1.0),
+                       ratio=(3 / 4, 4 / 3), dtype=torch.float32, skip_corrupt=False,
+                       verify="header", drop_last=False, checkpointing=True,
+                       randaugment_n=2, randaugment_m=9, prefetch_queue_depth=2,
+                       backend="auto"):
+    """Multi-view SupCon train loader on DALI (CPU-only mode for device='cpu').
+
+    `root`: a split folder `root/<class>/<image>` (labels = sorted class names, as ImageFolder) or
+    a file list (`path label` lines). Iterating yields `(views, labels)`: `views` a list of
+    `n_views` tensors `[B, 3, size, size]` (channels-last, `dtype`, on `device`, ImageNet-
+    normalized), `labels` int64 `[B]`. `len()` is the steps per epoch, equal on every shard (the
+    epoch is padded by wrap-around unless `drop_last`). Per view: random resized crop (`scale`,
+    `ratio`), horizontal flip, then `policy` (one of POLICIES). Call `set_epoch(e)` before each
+    epoch; `state_dict()`/`load_state_dict()` resume mid-epoch exactly (see loaders.py).
+    Corrupt files (bad header; with verify='full', anything PIL cannot decode) raise a ValueError
+    naming them unless `skip_corrupt`. `backend`: 'dali', 'torchvision' (the baseline), or 'auto'
+    (DALI if it imports, else torchvision with a warning: e.g. a machine without DALI).
+    """
+    from .loaders import DaliTrainLoader, load_samples
+
+    check_policy(policy)  # before the (possibly long) scan of root
+    backend = _pick_backend(backend)
+    samples = load_samples(root, verify=verify, skip_corrupt=skip_corrupt)
+    if backend == "torchvision":
+        from .torchvision_baseline import TorchvisionTrainLoader
+
+        return TorchvisionTrainLoader(
+            root, batch_size=batch_size, n_views=n_views, size=size, policy=policy,
+            shard_id=shard_id, num_shards=num_shards, seed=seed, num_threads=num_threads,
+            scale=scale, ratio=ratio, device=device, dtype=dtype, samples=samples)
+    return DaliTrainLoader(
+        samples, batch_size=batch_size, n_views=n_views, size=size, policy=policy, device=device,
+        shard_id=shard_id, num_shards=num_shards, seed=seed, num_threads=num_threads,
+        scale=scale, ratio=ratio, dtype=dtype, drop_last=drop_last, checkpointing=checkpointing,
+        policy_kwargs=({"randaugment_n": randaugment_n, "randaugment_m": randaugment_m}
+                       if policy == "randaugment" else None),
+        prefetch_queue_depth=prefetch_queue_depth)
+
+
+def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, num_shards=1,
+                      num_threads=2, dtype=torch.float32, resize=None, skip_corrupt=False,
+                      verify="header", backend="auto"):
+    """Eval loader: resize the shorter side to `resize` (default size / 0.875), centre-crop
+    `size`, normalize. Yields `(images [B, 3, size, size] channels-last, labels int64 [B])`.
+    Shards are contiguous slices: across shards every image is seen exactly once per pass (no
+    padding); the last batch of a shard may be smaller, and shards may differ by one step."""
+    from .loaders import DaliEvalLoader, load_samples
+
+    backend = _pick_backend(backend)
+    samples = load_samples(root, verify=verify, skip_corrupt=skip_corrupt)
+    if backend == "torchvision":
+        from .torchvision_baseline import TorchvisionEvalLoader
+
+        return TorchvisionEvalLoader(root, batch_size=batch_size, size=size, device=device,
+                                     shard_id=shard_id, num_shards=num_shards,
+                                     num_threads=num_threads, dtype=dtype, resize=resize,
+                                     samples=samples)
+    return DaliEvalLoader(samples, batch_size=batch_size, size=size, device=device,
+                          shard_id=shard_id, num_shards=num_shards, num_threads=num_threads,
+                          dtype=dtype, resize=resize)
+
+
+def dali_available():
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pick_backend(backend):
+    if backend not in ("auto", "dali", "torchvision"):
+        raise ValueError(f"backend: expected 'auto', 'dali' or 'torchvision', got {backend!r}")
+    if backend == "torchvision":
+        return backend
+    if dali_available():
+        return "dali"
+    if backend == "dali":
+        raise ImportError("backend: 'dali' requested but nvidia.dali does not import; "
+                          "pip install nvidia-dali-cuda130, or use backend='auto'")
+    warnings.warn("nvidia.dali is not installed: using the torchvision loader (slower; same "
+                  "recipes, order and shards)")
+    return "torchvision"

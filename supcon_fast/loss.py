@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import distributed, ops
-from .reference import flatten_views, supcon_loss_reference
+from .reference import flatten_views, supcon_loss_reference, supcon_per_anchor_reference
 
 MODES = ("all", "one")
 VARIANTS = ("out", "in")
@@ -92,18 +92,17 @@ def supcon_loss(features, labels=None, mask=None, *, temperature=0.07, base_temp
     base_temperature = temperature if base_temperature is None else base_temperature
     if labels is not None:
         labels = labels.reshape(-1)
-    world = _world_size() if gather else 1
+    world = distributed.world_size() if gather else 1
     if world > 1 and mask is not None:
         raise ValueError("gather=True does not take a custom mask: give labels")
-    if not _use_fused(features, mask, impl):
-        if world > 1:
-            return _reference_gathered(features, labels, temperature, base_temperature, contrast_mode, variant)
+    fused = _use_fused(features, mask, impl)
+    if world == 1 and not fused:
         return supcon_loss_reference(features, labels, mask, temperature=temperature,
                                      base_temperature=base_temperature, contrast_mode=contrast_mode, variant=variant)
 
     bsz, n_views = features.shape[0], features.shape[1]
     z = flatten_views(features)                                           # [n_views * bsz, dim]
-    if torch.is_autocast_enabled(z.device.type) and z.dtype != torch.float64:
+    if fused and torch.is_autocast_enabled(z.device.type) and z.dtype != torch.float64:
         z = z.to(torch.get_autocast_dtype(z.device.type))                 # tensor-core inputs
     y = labels if labels is not None else torch.arange(bsz, device=z.device)
     y = y.to(torch.long).repeat(n_views)                                  # [n_views * bsz]
@@ -114,12 +113,26 @@ def supcon_loss(features, labels=None, mask=None, *, temperature=0.07, base_temp
             y = y + distributed.rank() * bsz
         offset = distributed.rank() * z.shape[0]
         z, y = distributed.gather_rows(z), distributed.gather_rows(y, check=False)  # [world * n_views * bsz, dim]
-    per_anchor, _, _, npos = ops.supcon_fwd(z.contiguous(), y.contiguous(), offset, num_anchors,
-                                            float(temperature), variant == "in")
+    per_anchor, npos = anchor_block_terms(z, y, offset, num_anchors, temperature=temperature, variant=variant,
+                                          fused=fused)
     return _masked_mean(per_anchor, npos > 0, world) * (temperature / base_temperature)
 
 
-def _masked_mean(per_anchor, valid, world):
+def anchor_block_terms(z, y, offset, num_anchors, *, temperature, variant, fused=True):
+    """Per-anchor SupCon terms of anchors ``z[offset : offset + M]`` against the contrast set ``z``.
+
+    z: [N, dim]; y: [N] int64. Returns (L [M] fp32 (fp64 for fp64 z), npos [M] int64). The fused op
+    never materializes [M, N]; ``fused=False`` does (supcon_fast.reference). Used by the global-batch
+    path and by the step profiler's contrast-set emulation.
+    """
+    if fused:
+        per_anchor, _, _, npos = ops.supcon_fwd(z.contiguous(), y.contiguous(), offset, num_anchors,
+                                                float(temperature), variant == "in")
+        return per_anchor, npos
+    return supcon_per_anchor_reference(z, y, offset, num_anchors, temperature=temperature, variant=variant)
+
+
+def _masked_mean(per_anchor, valid, world=1):
     """Mean of per_anchor [M] over valid anchors; 0 with zero gradients if none (no data-dependent branch,
     so torch.compile(fullgraph=True) traces it). With world > 1 the mean runs over the global batch."""
     kept = torch.where(valid, per_anchor, torch.zeros_like(per_anchor)).sum()
@@ -129,26 +142,6 @@ def _masked_mean(per_anchor, valid, world):
     local = kept * world / count  # DDP averages gradients over ranks: x world makes them the global batch's
     total = distributed.all_reduce_sum(kept) / count
     return total + (local - local.detach())  # value: the global loss on every rank; gradient: local's
-
-
-def _world_size() -> int:
-    return distributed.world_size()
-
-
-def _reference_gathered(features, labels, temperature, base_temperature, contrast_mode, variant):
-    """gather=True on the reference path: the whole global batch, materialized on every rank (small runs)."""
-    if contrast_mode != "all":
-        raise ValueError("gather=True with impl='reference' supports contrast_mode='all' only; use the fused path")
-    bsz = features.shape[0]
-    if labels is None:
-        labels = torch.arange(bsz, device=features.device) + distributed.rank() * bsz
-    feats = distributed.gather_rows(features)
-    labs = distributed.gather_rows(labels.to(torch.long), check=False)
-    loss = supcon_loss_reference(feats, labs, temperature=temperature, base_temperature=base_temperature,
-                                 contrast_mode="all", variant=variant)
-    # every rank computes the whole loss; the gather's reduce-scatter sums the world identical
-    # gradients of each rank's rows (x world) and DDP averages over ranks (/ world): the global gradient.
-    return loss
 
 
 class SupConLoss(nn.Module):

@@ -58,3 +58,26 @@ def supcon_loss_reference(features, labels=None, mask=None, *, temperature=0.07,
     per_anchor = torch.where(valid, lse - pos_term, torch.zeros_like(lse))
     # masked mean: anchors without a positive are left out; none at all gives exactly 0 with zero grads
     return (temperature / base_temperature) * per_anchor.sum() / valid.sum().clamp(min=1)
+
+
+def supcon_per_anchor_reference(z, labels, offset, num_anchors, *, temperature=0.07, variant="out"):
+    """Per-anchor terms of the anchor block ``z[offset : offset + M]`` against all of ``z``, materialized.
+
+    z: [N, dim]; labels: [N] integer. Returns (L [M], npos [M]); L_i = 0 where anchor i has no positive.
+    The [M, N] block is what one rank of a multi-GPU job materializes; the fused op computes the same.
+    """
+    n = z.shape[0]
+    rows = torch.arange(offset, offset + num_anchors, device=z.device)
+    logits = z[offset:offset + num_anchors] @ z.T / temperature                  # [M, N]
+    is_self = rows[:, None] == torch.arange(n, device=z.device)[None, :]
+    pos = (labels[rows][:, None] == labels[None, :]) & ~is_self
+    lse = torch.logsumexp(logits.masked_fill(is_self, float("-inf")), dim=1)
+    npos = pos.sum(1)
+    valid = npos > 0
+    safe = torch.where(valid, npos, torch.ones_like(npos)).to(logits.dtype)
+    if variant == "out":
+        pos_term = (logits * pos).sum(1) / safe
+    else:
+        pos_logits = torch.where(pos | ~valid[:, None], logits, float("-inf"))  # no positive: stays finite
+        pos_term = torch.logsumexp(pos_logits, dim=1) - torch.log(safe)
+    return torch.where(valid, lse - pos_term, torch.zeros_like(lse)), npos

@@ -11,7 +11,7 @@ from supcon_fast.distributed import gather_rows
 
 WORLD = 2
 CASES = [("fused", "all", "out", True), ("fused", "all", "in", True), ("fused", "one", "out", True),
-         ("fused", "all", "out", False), ("reference", "all", "in", True)]
+         ("fused", "all", "out", False), ("reference", "all", "in", True), ("reference", "one", "out", False)]
 
 
 def make_problem(bsz=10, n_views=2, dim_in=9, dim=6):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import sample_inputs
-from supcon_fast.reference import flatten_views, supcon_loss_reference
+from supcon_fast.reference import flatten_views, supcon_loss_reference, supcon_per_anchor_reference
 
 
 def contract_by_loops(features, labels, temperature, base_temperature, mode, variant):
@@ -55,3 +55,20 @@ def test_reference_mask_equals_labels():
         a = supcon_loss_reference(f, y, variant=variant)
         b = supcon_loss_reference(f, mask=mask, variant=variant)
         assert torch.allclose(a, b, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["all", "one"])
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_anchor_block_form_matches_reference(mode, variant):
+    """The anchor-block reference (one rank's [M, N] block) reduces to the same loss."""
+    f, y = sample_inputs(13, 3, 7, labels="few", requires_grad=False)
+    z = flatten_views(f)
+    m = z.shape[0] if mode == "all" else 13
+    per_anchor, npos = supcon_per_anchor_reference(z, y.repeat(3), 0, m, temperature=0.3, variant=variant)
+    got = per_anchor.sum() / (npos > 0).sum()
+    want = supcon_loss_reference(f, y, temperature=0.3, contrast_mode=mode, variant=variant)
+    assert torch.allclose(got, want, rtol=1e-12)
+    # a block at an offset is the same rows of the full block
+    part, _ = supcon_per_anchor_reference(z, y.repeat(3), 5, 9, temperature=0.3, variant=variant)
+    full, _ = supcon_per_anchor_reference(z, y.repeat(3), 0, z.shape[0], temperature=0.3, variant=variant)
+    assert torch.allclose(part, full[5:14], rtol=1e-12)

@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -124,15 +125,15 @@ void fwd_impl(const at::Tensor& z, const DenseClasses& cls, int64_t offset, int6
   const int64_t* cid = cls.id.data();
   const double inv_t = 1.0 / temperature;
   std::vector<RunningLSE> all(num_anchors), positive(variant_in ? num_anchors : 0);
-  std::vector<scalar_t> buf(kRowTile * kColTile);
+  std::unique_ptr<scalar_t[]> buf(new scalar_t[kRowTile * kColTile]);  // uninitialized: every use writes first
   for (int64_t i0 = 0; i0 < num_anchors; i0 += kRowTile) {
     const int64_t mr = std::min(kRowTile, num_anchors - i0);
     const auto anchors = z.narrow(0, offset + i0, mr);
     for (int64_t j0 = 0; j0 < n; j0 += kColTile) {
       const int64_t nc = std::min(kColTile, n - j0);
-      tile_logits(anchors, z.narrow(0, j0, nc), inv_t, buf.data());
+      tile_logits(anchors, z.narrow(0, j0, nc), inv_t, buf.get());
       at::parallel_for(0, mr, kRowGrain, [&](int64_t r0, int64_t r1) {
-        fwd_tile_rows<scalar_t>(buf.data(), nc, r0, r1, i0, j0, offset, cid, variant_in, all.data(), positive.data());
+        fwd_tile_rows<scalar_t>(buf.get(), nc, r0, r1, i0, j0, offset, cid, variant_in, all.data(), positive.data());
       });
     }
   }
@@ -206,7 +207,7 @@ void bwd_pass(const at::Tensor& z, const AnchorStats<scalar_t>& st, int64_t num_
   const int64_t n = z.size(0);
   const int64_t row_base = anchor_rows ? st.offset : 0, num_rows = anchor_rows ? num_anchors : n;
   const int64_t col_base = anchor_rows ? 0 : st.offset, num_cols = anchor_rows ? n : num_anchors;
-  std::vector<scalar_t> buf(kRowTile * kColTile), h(kRowTile * kColTile);
+  std::unique_ptr<scalar_t[]> buf(new scalar_t[kRowTile * kColTile]), h(new scalar_t[kRowTile * kColTile]);
   for (int64_t r0 = 0; r0 < num_rows; r0 += kRowTile) {
     const int64_t mr = std::min(kRowTile, num_rows - r0);
     const auto rows = z.narrow(0, row_base + r0, mr);
@@ -214,13 +215,13 @@ void bwd_pass(const at::Tensor& z, const AnchorStats<scalar_t>& st, int64_t num_
     for (int64_t c0 = 0; c0 < num_cols; c0 += kColTile) {
       const int64_t nc = std::min(kColTile, num_cols - c0);
       const auto cols = z.narrow(0, col_base + c0, nc);
-      tile_logits(rows, cols, inv_t, buf.data());
+      tile_logits(rows, cols, inv_t, buf.get());
       // anchor side: i0 = r0 (anchor index), j0 = c0 (row of z); contrast side: i0 = c0, j0 = r0
       const int64_t i0 = anchor_rows ? r0 : c0, j0 = anchor_rows ? c0 : r0;
       at::parallel_for(0, mr, kRowGrain, [&](int64_t a, int64_t b) {
-        bwd_tile_rows<scalar_t>(buf.data(), h.data(), nc, a, b, i0, j0, anchor_rows, symmetric, st);
+        bwd_tile_rows<scalar_t>(buf.get(), h.get(), nc, a, b, i0, j0, anchor_rows, symmetric, st);
       });
-      acc_rows.addmm_(at::from_blob(h.data(), {mr, nc}, z.options()), cols, 1, inv_t);
+      acc_rows.addmm_(at::from_blob(h.get(), {mr, nc}, z.options()), cols, 1, inv_t);
     }
   }
 }

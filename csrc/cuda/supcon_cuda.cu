@@ -45,8 +45,18 @@ std::pair<int64_t, int64_t> plan_splits(int64_t row_blocks, int64_t col_tiles) {
   return {ceil_div(std::max<int64_t>(col_tiles, 1), per), per};
 }
 
+// Opts the kernel in to `bytes` of dynamic shared memory (> 48 KB needs it), after checking that the
+// device allows that much per block with the kernel's static shared memory (sm_80: 163 KB, sm_90:
+// 227 KB; sm_86 / sm_89 only 99 KB, too little for the tensor-core backward).
 template <typename K>
-void set_smem(K kernel, int bytes) {
+void set_smem(K kernel, int bytes, const char* what) {
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  TORCH_CHECK(static_cast<int64_t>(attr.sharedSizeBytes) + bytes <= optin, what, " (CUDA): the kernel needs ",
+              static_cast<int64_t>(attr.sharedSizeBytes) + bytes, " bytes of shared memory per block, this device allows ",
+              optin, " (sm_80 / sm_90 class GPUs have enough)");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
@@ -81,7 +91,7 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
 
   auto stream = c10::cuda::getCurrentCUDAStream();
   constexpr int smem = SmemLayout<E>::fwd_bytes;
-  set_smem(supcon_fwd_tile_kernel<E>, smem);
+  set_smem(supcon_fwd_tile_kernel<E>, smem, "supcon_fwd");
   supcon_fwd_tile_kernel<E><<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), E::NT, smem,
                               stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -151,7 +161,12 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
     // others only the anchor columns. Column splits only when there are too few row blocks.
     const int64_t row_blocks = ceil_div(N, E::BM);
     TORCH_CHECK(row_blocks <= INT32_MAX, "supcon_bwd (CUDA): too many rows: ", N);
-    const int64_t splits = plan_splits(row_blocks, ceil_div(N, E::BN)).first;
+    int64_t splits = plan_splits(row_blocks, ceil_div(N, E::BN)).first;
+    // Split mode keeps one [N, D] fp32 (fp64) partial per split, summed in a fixed order afterwards
+    // (deterministic; atomics are not): cap that workspace at 256 MiB (1 split = direct mode).
+    constexpr int64_t kMaxPartBytes = int64_t(256) << 20;
+    const int64_t slice_bytes = std::max<int64_t>(1, N * D * static_cast<int64_t>(sizeof(st_t)));
+    splits = std::max<int64_t>(1, std::min<int64_t>(splits, kMaxPartBytes / slice_bytes));
     BwdParams<E> p;
     p.z = reinterpret_cast<const typename E::raw_t*>(z.data_ptr());
     p.labels = labels.data_ptr<int64_t>();
@@ -167,23 +182,23 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
     p.lse = lse.data_ptr<st_t>();
     p.aux = aux.data_ptr<st_t>();
     p.gmax = gmax.data_ptr<float>();
-    at::Tensor acc;
+    at::Tensor part;
     if (splits == 1) {
       // Every grad row is owned by one block and every element written once: no accumulator.
       grad = at::empty({N, D}, z.options());
       p.grad_out = reinterpret_cast<typename E::in_t*>(grad.data_ptr());
-      p.grad_acc = nullptr;
+      p.grad_part = nullptr;
     } else {
-      acc = at::zeros({N, D}, z.options().dtype(st));
+      part = at::zeros({splits, N, D}, z.options().dtype(st));
       p.grad_out = nullptr;
-      p.grad_acc = acc.data_ptr<st_t>();
+      p.grad_part = part.data_ptr<st_t>();
     }
     constexpr int smem = SmemLayout<E>::bwd_bytes;
-    set_smem(supcon_bwd_tile_kernel<E>, smem);
+    set_smem(supcon_bwd_tile_kernel<E>, smem, "supcon_bwd");
     supcon_bwd_tile_kernel<E><<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), E::NT, smem,
                                 c10::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (splits != 1) grad = acc.scalar_type() == z.scalar_type() ? acc : acc.to(z.scalar_type());
+    if (splits != 1) grad = part.sum(0).to(z.scalar_type());  // fixed-order reduction over splits
   });
   return grad;
 }

@@ -192,7 +192,7 @@ struct BwdParams {
   const typename E::st_t* lse;
   const typename E::st_t* aux;
   const float* gmax;                 // TC only: max |g| for the fp16-range scale of H
-  typename E::st_t* grad_acc;        // atomic mode: [N, D] accumulator (zeroed), or nullptr
+  typename E::st_t* grad_part;       // split mode: [splits, N, D] per-split partials, or nullptr
   typename E::in_t* grad_out;        // direct mode: [N, D] output in z's dtype, or nullptr
 };
 
@@ -341,8 +341,11 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
       const int64_t d = d0 + c;
       if (r < rows_valid && d < p.D) {
         const int64_t idx = (r0 + r) * p.D + d;
+        // Split mode: each (split, row, col) is written by exactly one block (blocks with an empty
+        // column range write zeros), and the host sums the splits in a fixed order: deterministic,
+        // unlike atomicAdd into one accumulator, whose fp32 summation order varies run to run.
         if (p.grad_out != nullptr) store_out(p.grad_out + idx, v * outscale);
-        else atomicAdd(p.grad_acc + idx, v * outscale);
+        else p.grad_part[(int64_t)blockIdx.y * p.N * p.D + idx] = v * outscale;
       }
     };
     E::o_flush(oacc, S, E::kpad((int)min((int64_t)BK, p.D - d0)), sink);

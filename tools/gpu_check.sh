@@ -3,10 +3,11 @@
 #   tools/gpu_check.sh OUTDIR
 # Prints GPU / driver / torch / nvcc versions, builds the extension, runs the op tests with a junit
 # XML, runs compute-sanitizer memcheck on a small forward+backward, measures the bf16 matmul rate and
-# runs bench_loss.py on CUDA. Every step reports and the script goes on after a failure; the exit
+# profiles a SupCon step against CE (tools/profile_step.py) and runs bench_loss.py on CUDA. Every step reports and the script goes on after a failure; the exit
 # status is the number of failed steps (0: all passed). Everything is written under OUTDIR:
 #   versions.txt  build.log  pytest.log  pytest_junit.xml  memcheck.log  matmul_bf16.json
-#   bench_loss_cuda.json  bench_loss_cuda.png  bench_loss.log  summary.json
+#   step_<arch>_<impl>.{json,md,png}  profile_step.log  bench_loss_cuda.json  bench_loss_cuda.png
+#   bench_loss.log  summary.json
 # Needs no network and installs nothing (torch 2.11 there, no DALI: supcon_fast.data is not imported).
 # Budget: <= 8 minutes on one H200: each step has its own timeout and the benchmark gets what is left
 # of BUDGET_S (default 470 s).
@@ -152,7 +153,28 @@ EOF
 export -f matmul
 run_step matmul_bf16 25 "$OUT/matmul_bf16.log" matmul
 
-# ---- 6. loss benchmark --------------------------------------------------------------------------
+# ---- 6. step cost: SupCon against CE, phase by phase (ResNet-50 / ResNet-200, bf16, 16-GPU contrast set) --
+if [[ -f tools/profile_step.py ]]; then
+  profile_all() {
+    local rc=0 arch impl bs
+    for arch in resnet50 resnet200; do
+      for impl in fused reference; do
+        for bs in 512 256 128; do  # 512 images (1024 views) per GPU, or the largest that fits
+          if "$PY" tools/profile_step.py --arch "$arch" --image-size 224 --batch-size "$bs" --views 2 --steps 6 \
+               --warmup 2 --device cuda --synthetic --amp bf16 --channels-last --loss-impl "$impl" \
+               --contrast-n 16384 --json "$OUT/step_${arch}_${impl}.json"; then break; fi
+          echo "($arch $impl batch $bs did not run: trying a smaller batch)"
+          [[ $bs -eq 128 ]] && rc=1
+        done
+      done
+    done
+    return $rc
+  }
+  export -f profile_all
+  run_step profile_step 200 "$OUT/profile_step.log" profile_all
+fi
+
+# ---- 7. loss benchmark --------------------------------------------------------------------------
 LEFT=$(( BUDGET_S - ($(date +%s) - START) ))
 (( LEFT < 30 )) && LEFT=30
 if [[ -f tools/bench_loss.py ]]; then

@@ -1,0 +1,68 @@
+"""Config: presets load, CLI overrides YAML, the saved config round-trips, bad values name the option."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from supcon_fast.engine import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("preset", ["demo", "cifar", "imagenet_resnet50", "imagenet_resnet200"])
+def test_presets_validate(preset):
+    cfg = config.resolve(["--config", preset])
+    assert cfg["config"] == preset
+    if preset == "imagenet_resnet200":
+        assert cfg["arch"] == "resnet200" and cfg["optimizer"] == "lars" and cfg["stem"] == "imagenet"
+
+
+def test_cli_overrides_yaml_and_defaults():
+    cfg = config.resolve(["--arch", "resnet50", "--batch-size", "64", "--no-channels-last", "--lr", "0.3"])
+    assert cfg["arch"] == "resnet50" and cfg["batch_size"] == 64 and cfg["lr"] == 0.3
+    assert cfg["channels_last"] is False
+    assert cfg["width"] == config.load_yaml("demo")["width"]        # from the preset
+    assert cfg["momentum"] == config.OPTIONS["momentum"][0]           # from the defaults
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.resolve(["--epochs", "3", "--temperature", "0.5", "--resume", "auto", "--out", str(tmp_path)])
+    path = config.save(cfg, tmp_path)
+    again = config.resolve(["--config", str(path)])
+    assert {**again, "config": cfg["config"]} == cfg
+    assert yaml.safe_load(path.read_text())["temperature"] == 0.5
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--config", "nope"], "config"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--temperature", "-1"], "temperature"),
+    (["--views", "1"], "views"),
+    (["--linear-holdout", "1.5"], "linear_holdout"),
+])
+def test_bad_values_name_the_option(argv, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        config.resolve(argv)
+
+
+def test_bad_yaml_key_and_type(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("batch_sise: 12\n")
+    with pytest.raises(ValueError, match="batch_sise"):
+        config.resolve(["--config", str(p)])
+    p.write_text("epochs: two\n")
+    with pytest.raises(ValueError, match="epochs"):
+        config.resolve(["--config", str(p)])
+
+
+def test_cli_errors_are_clear(tmp_path):
+    """The tool exits 2 with a message naming the argument, no traceback (bad choice, missing data)."""
+    r = subprocess.run([sys.executable, "tools/train.py", "--arch", "resnet19"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--arch" in r.stderr
+    r = subprocess.run([sys.executable, "tools/train.py", "--dataset", "folder", "--data", str(tmp_path / "missing"),
+                        "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "data" in r.stderr and "missing" in r.stderr and "Traceback" not in r.stderr

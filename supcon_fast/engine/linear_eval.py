@@ -82,8 +82,10 @@ def train_linear(train_f: torch.Tensor, train_y: torch.Tensor, *, num_classes: i
 
 def linear_eval(encoder: torch.nn.Module, train_loader, val_loader, *, num_classes: int, epochs: int = 10,
                 lr: float = 0.1, batch_size: int = 256, holdout: float = 0.1, seed: int = 0, amp=None,
-                logger=None) -> dict:
-    """Extract features, fit the classifier, report ``linear_top1`` / ``linear_top5`` (%) on val."""
+                logger=None, head_path=None) -> dict:
+    """Extract features, fit the classifier, report ``linear_top1`` / ``linear_top5`` (%) on val.
+
+    ``head_path``: also save the fitted classifier there (see ``load_linear_head``)."""
     tr_f, tr_y = extract(encoder, train_loader, amp=amp)
     va_f, va_y = extract(encoder, val_loader, amp=amp)
     with torch.enable_grad():
@@ -95,4 +97,19 @@ def linear_eval(encoder: torch.nn.Module, train_loader, val_loader, *, num_class
            "n_train": int(tr_y.numel()), "n_val": int(va_y.numel())}
     if logger is not None:
         logger.metrics("linear", epochs, **res)
+    if head_path is not None:  # the classifier itself, for evaluations that reuse it (corruption robustness)
+        save_linear_head(clf, head_path)
     return res
+
+
+def save_linear_head(clf: torch.nn.Linear, path) -> None:
+    """The fitted classifier as plain tensors ({weight [C, D], bias [C]}), written atomically."""
+    from .checkpoint import save_atomic
+    save_atomic({"weight": clf.weight.detach().cpu(), "bias": clf.bias.detach().cpu()}, path)
+
+
+def load_linear_head(path) -> torch.nn.Linear:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    clf = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    clf.load_state_dict(state)
+    return clf

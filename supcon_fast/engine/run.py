@@ -62,7 +62,7 @@ def run(cfg: dict, *, on_step=None) -> dict:
                                        num_classes=loaders.num_classes, epochs=cfg["linear_epochs"],
                                        lr=cfg["linear_lr"], batch_size=cfg["linear_batch_size"],
                                        holdout=cfg["linear_holdout"], seed=cfg["seed"], amp=res["amp"],
-                                       logger=logger))
+                                       logger=logger, head_path=out / "linear_head.pt" if rt.is_main else None))
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
         if rt.is_main:
             logger.metrics("summary", res["step"], **{k: v for k, v in summary.items() if k != "status"})

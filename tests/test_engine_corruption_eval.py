@@ -26,6 +26,7 @@ def runs(tmp_path_factory):
         res = run(config.resolve(tiny_argv(data, base / loss, loss=loss, max_steps=2)))
         assert res["status"] == "done"
         out[loss] = base / loss / "last.pt"
+        out[loss + "_top1"] = res["ce_top1"] if loss == "ce" else res["linear_top1"]
     return data, out
 
 
@@ -35,8 +36,10 @@ def test_linear_head_saved_and_reused(runs):
     clf = Classifier(str(ckpts["supcon"]), data=str(data), log=lambda s: pytest.fail("head should be reused"))
     assert "linear head" in clf.kind
     err = top1_error(clf, str(data / "val"))
-    assert 0.0 <= err <= 1.0
-    assert "own classifier" in Classifier(str(ckpts["ce"]), data=str(data)).kind
+    assert 100 * (1 - err) == pytest.approx(ckpts["supcon_top1"], abs=1e-3)  # the run's own number
+    ce = Classifier(str(ckpts["ce"]), data=str(data))
+    assert "own classifier" in ce.kind
+    assert 100 * (1 - top1_error(ce, str(data / "val"))) == pytest.approx(ckpts["ce_top1"], abs=1e-3)
 
 
 def test_evaluate_on_a_small_corrupted_cache(runs, tmp_path):

@@ -13,6 +13,7 @@ import torch
 
 from .. import robustness as rb
 from . import checkpoint, config
+from .data import eval_resize
 from .linear_eval import linear_eval, load_linear_head
 from .pretrain import build_pretrain_model
 from .runtime import Runtime
@@ -57,7 +58,7 @@ def top1_error(clf: Classifier, root: str, *, batch_size: int = 256, num_threads
     """Top-1 error in [0, 1] on the image folder ``root`` through the eval pipeline."""
     from supcon_fast.data import build_eval_loader
     loader = build_eval_loader(root, batch_size=batch_size, size=clf.cfg["size"], device=str(clf.device),
-                               num_threads=num_threads)
+                               num_threads=num_threads, resize=eval_resize(clf.cfg))  # as the run evaluated
     wrong = total = 0
     for x, y in loader:
         pred = clf(x).argmax(1).cpu()

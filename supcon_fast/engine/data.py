@@ -46,6 +46,12 @@ def ensure_dataset(cfg: dict, rank: int = 0) -> str:
     return root
 
 
+def eval_resize(cfg: dict) -> int | None:
+    """The eval pipeline's resize: digits are stored at (about) the training size, so no
+    resize-then-centre-crop margin is cut away; other folders use the loader's default margin."""
+    return cfg["size"] if cfg["dataset"] == "digits" else None
+
+
 def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> Loaders:
     per_rank = cfg["batch_size"] // world
     if cfg["dataset"] == "synthetic":
@@ -71,8 +77,7 @@ def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> 
         tr = dali.build_train_loader(os.path.join(root, "train"), batch_size=per_rank, n_views=cfg["views"],
                                      policy=cfg["policy"], seed=cfg["seed"], scale=(cfg["crop_min_scale"], 1.0),
                                      **common)
-        # digits are stored at the training size: no resize-then-centre-crop margin to cut away
-        ev = dict(common, resize=cfg["size"] if cfg["dataset"] == "digits" else None)
+        ev = dict(common, resize=eval_resize(cfg))
         tre = dali.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"], **ev)
         val = dali.build_eval_loader(os.path.join(root, "val"), batch_size=cfg["eval_batch_size"], **ev)
         num_classes = getattr(tr, "num_classes", None) or len(

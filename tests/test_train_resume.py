@@ -2,24 +2,16 @@
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
 
 from supcon_fast.engine import config
 from supcon_fast.engine.run import run
+from test_train_smoke import make_tiny_folder as make_folder
 
 
-def make_tiny_folder(root, n_per_class=10, classes=3, size=16):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_per_class), ("val", 4)):
-        for c in range(classes):
-            os.makedirs(root / split / str(c), exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8) // 2 + 40 * c
-                Image.fromarray(img).save(root / split / str(c) / f"{i}.jpg", quality=95)
-    return root
+def make_tiny_folder(root):
+    return make_folder(root, n_per_class=10)  # 30 train images
 
 
 def tiny_cfg(data, out, loader, **kw):

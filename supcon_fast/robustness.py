@@ -8,7 +8,7 @@ lossless PNG under ``cache/<corruption>/<severity>/<class>/``; a manifest makes 
     CE_c          = sum_s err(c, s) / sum_s err_base(c, s)
     mCE           = mean_c CE_c
     relative CE_c = sum_s (err(c, s) - err_clean) / sum_s (err_base(c, s) - err_base_clean)
-    relative mCE  = mean_c relative CE_c
+    relative mCE  = mean_c relative CE_c   (over corruptions that degrade the baseline; see below)
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", 
 SEVERITIES = (1, 2, 3, 4, 5)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST = "manifest.json"
+# relative CE needs the baseline to degrade: at least 5 error points summed over the 5 severities
+MIN_DEGRADATION = 0.05
 
 
 def list_split(root: str | os.PathLike) -> list[tuple[Path, str]]:
@@ -117,13 +119,20 @@ def corruption_errors(errors: dict, base: dict) -> dict[str, float]:
     return out
 
 
-def relative_corruption_errors(errors: dict, clean: float, base: dict, base_clean: float) -> dict[str, float]:
-    """Relative CE per corruption: the error increase over clean, over the baseline's increase."""
+def relative_corruption_errors(errors: dict, clean: float, base: dict, base_clean: float,
+                               min_degradation: float = MIN_DEGRADATION) -> dict[str, float]:
+    """Relative CE per corruption: the error increase over clean, over the baseline's increase.
+
+    Undefined (NaN) where the baseline barely degrades (its summed increase over the severities is below
+    ``min_degradation``): the ratio of two near-zero differences measures noise, not robustness; it can
+    even change sign. On small images several corruptions do not hurt at all (noise averaged away by the
+    resize to the training size), so this happens there.
+    """
     out = {}
     for c, by_sev in errors.items():
         denom = sum(base[c][s] - base_clean for s in by_sev)
         num = sum(e - clean for e in by_sev.values())
-        out[c] = num / denom if denom != 0 else float("nan")
+        out[c] = num / denom if denom >= min_degradation else float("nan")
     return out
 
 
@@ -140,7 +149,9 @@ def summarize(errors: dict, clean: float, base: dict | None = None, base_clean: 
         ce = corruption_errors(errors, base)
         rce = relative_corruption_errors(errors, clean, base, base_clean)
         res.update({"ce": ce, "mce": mean(ce.values()), "relative_ce": rce, "relative_mce": mean(rce.values()),
-                    "undefined": sorted(c for c in ce if ce[c] != ce[c])})
+                    "undefined": sorted(c for c in ce if ce[c] != ce[c]),
+                    "relative_undefined": sorted(c for c in rce if rce[c] != rce[c]),
+                    "min_degradation": MIN_DEGRADATION})
     return res
 
 

@@ -57,6 +57,11 @@ def test_mce_arithmetic_by_hand():
     base0 = {**base, "snow": dict.fromkeys(rb.SEVERITIES, 0.0)}
     rep0 = rb.summarize(err, 0.05, base0, 0.0)
     assert rep0["undefined"] == ["snow"] and rep0["mce"] == pytest.approx(0.5)
+    # a baseline that barely degrades (0.5 - 0.5 + ... < 0.05 summed): relative CE undefined, left out
+    flat = {**base, "snow": dict.fromkeys(rb.SEVERITIES, 0.055)}
+    rep1 = rb.summarize(err, 0.05, flat, 0.05)
+    assert rep1["relative_undefined"] == ["snow"] and rep1["relative_mce"] == pytest.approx(1.25 / 2.75)
+    assert rep1["ce"]["snow"] == pytest.approx(1.0 / 0.275)
 
 
 def test_cache_is_written_once_and_deterministic(tmp_path):

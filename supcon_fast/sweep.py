@@ -5,8 +5,11 @@ and learning rates. A sweep runs ``tools/train.py`` once per grid point (a subpr
 is a plain, resumable training run with its own output folder) and reports, per method, the min /
 median / max of linear top-1 (SupCon) or of top-1 (CE: its own classifier; linear probe too).
 
-Grid (YAML or dict): ``{"loss": [...], "lr_scale": [...], "optimizer": [...], "policy": [...], "base": {...}}``;
-``lr_scale`` multiplies each method's base lr (``base_lr`` per loss).
+Grid (YAML or dict): ``{"loss": [...], "lr_scale": [...], "optimizer": [...], "policy": [...], "base_lr": {...},
+"base": {...}}``; ``lr_scale`` multiplies the base lr of the (loss, optimizer) pair: ``base_lr[loss]`` is a
+number or ``{optimizer: number}``. The defaults are the demo preset's SGD lr (0.2 per 256 images) and a
+LARS lr 20x that: LARS scales each layer's step by its trust ratio (eta = 0.001), so at the demo's batch
+of 64 the SGD lr would leave the weights where they started (a first sweep did exactly that).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ DEFAULT_GRID = {
     "lr_scale": [0.5, 1.0, 2.0],
     "optimizer": ["lars", "sgd"],
     "policy": ["simclr", "randaugment"],
-    "base_lr": {"supcon": 0.1, "ce": 0.1},
+    "base_lr": {"supcon": {"sgd": 0.2, "lars": 4.0}, "ce": {"sgd": 0.2, "lars": 4.0}},
     "base": {"config": "demo", "epochs": 3, "linear_epochs": 5},
 }
 AXES = ("loss", "lr_scale", "optimizer", "policy")
@@ -40,11 +43,15 @@ def expand_grid(grid: dict) -> list[dict]:
         raise ValueError(f"grid: unknown keys {sorted(unknown)}; expected {sorted(DEFAULT_GRID)}")
     points = []
     for loss, scale, opt, policy in itertools.product(*(grid[a] for a in AXES)):
-        if loss not in grid["base_lr"]:
-            raise ValueError(f"grid: base_lr has no entry for loss {loss!r}")
-        lr = grid["base_lr"][loss] * scale
+        base = grid["base_lr"].get(loss)
+        if isinstance(base, dict):
+            base = base.get(opt)
+        if base is None:
+            raise ValueError(f"grid: base_lr has no entry for loss {loss!r} with optimizer {opt!r}")
+        lr = base * scale
+        # the name holds the absolute lr: a rerun reuses a finished folder only for the same settings
         points.append({**grid["base"], "loss": loss, "lr": lr, "optimizer": opt, "policy": policy,
-                       "name": f"{loss}-{opt}-{policy}-lrx{scale:g}", "lr_scale": scale})
+                       "name": f"{loss}-{opt}-{policy}-lr{lr:g}", "lr_scale": scale})
     return points
 
 

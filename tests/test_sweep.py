@@ -8,8 +8,9 @@ def test_default_grid_expands_to_the_full_product():
     pts = sweep.expand_grid({})
     assert len(pts) == 2 * 3 * 2 * 2
     assert len({p["name"] for p in pts}) == len(pts)
-    lrs = sorted({p["lr"] for p in pts if p["loss"] == "supcon"})
-    assert lrs == pytest.approx([0.05, 0.1, 0.2])
+    lrs = sorted({p["lr"] for p in pts if p["loss"] == "supcon" and p["optimizer"] == "sgd"})
+    assert lrs == pytest.approx([0.1, 0.2, 0.4])
+    assert sorted({p["lr"] for p in pts if p["optimizer"] == "lars"}) == pytest.approx([2.0, 4.0, 8.0])
     assert {p["optimizer"] for p in pts} == {"lars", "sgd"} and {p["policy"] for p in pts} == {"simclr", "randaugment"}
     assert all(p["epochs"] == 3 and p["config"] == "demo" for p in pts)
 
@@ -21,7 +22,7 @@ def test_custom_grid_and_command():
     cmd = sweep.train_command(pts[0], "/tmp/sw")
     assert cmd[1].endswith("tools/train.py")
     assert cmd[cmd.index("--lr") + 1] == "0.6" and cmd[cmd.index("--loss") + 1] == "ce"
-    assert cmd[cmd.index("--out") + 1] == "/tmp/sw/ce-sgd-none-lrx2" and "--lr-scale" not in cmd
+    assert cmd[cmd.index("--out") + 1] == "/tmp/sw/ce-sgd-none-lr0.6" and "--lr-scale" not in cmd
 
 
 @pytest.mark.parametrize("bad,word", [({"loss": []}, "loss"), ({"optimizer": "sgd"}, "optimizer"),

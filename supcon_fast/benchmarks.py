@@ -10,45 +10,18 @@ reference), ``pml`` (pytorch-metric-learning's ``SupConLoss``, when installed).
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from .provenance import git_commit, machine_info, utc_now
+
 IMPLS = ("fused", "reference", "reference_compiled", "pml")
 DTYPES = {"fp64": "float64", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def git_commit() -> str:
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine_info(device: str) -> dict:
-    import torch
-    info = {"hostname": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            info["cpu"] = names[0]
-    except OSError:
-        pass
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def _make_loss_fn(impl: str, temperature: float):
@@ -157,9 +130,7 @@ def run_benchmark(ns, dims, dtypes, impls, device="cpu", repeats=5, timeout_s=60
     """All cases, one subprocess each; returns the JSON records."""
     import torch
     records = []
-    meta = {"torch": torch.__version__, "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(device)}
+    meta = {"torch": torch.__version__, "commit": git_commit(), "date": utc_now(), "machine": machine_info(device)}
     device_name = meta["machine"].get("gpu") if device == "cuda" else meta["machine"]["cpu"]
     # impls innermost: at each size they run back to back, so their ratio sees the same machine load
     for dim in dims:

@@ -9,14 +9,13 @@ error per corruption and severity, and reports CE / mCE / relative mCE against t
 cross-entropy model). Writes the JSON and a heatmap PNG next to it.
 """
 import argparse
-import datetime
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from supcon_fast import robustness as rb  # noqa: E402
-from supcon_fast.benchmarks import git_commit, machine_info  # noqa: E402
+from supcon_fast.provenance import git_commit, machine_info, utc_now  # noqa: E402
 from supcon_fast.engine.corruption_eval import Classifier, evaluate  # noqa: E402
 
 
@@ -47,7 +46,7 @@ def main(argv=None):
     report = rb.summarize(m["errors"], m["clean_error"], b["errors"] if b else None, b["clean_error"] if b else None)
     out = {"model": {**m, **report}, "baseline": b, "corruptions": a.corruptions, "severities": list(rb.SEVERITIES),
            "seed": a.seed, "cache": cache, "commit": git_commit(), "machine": machine_info(a.device),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+           "date": utc_now()}
     if b:
         out["baseline_report"] = rb.summarize(b["errors"], b["clean_error"], b["errors"], b["clean_error"])
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

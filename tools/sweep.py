@@ -8,14 +8,13 @@ Each grid point is one `tools/train.py` run in its own folder under --out (rerun
 finished runs); the JSON lists every run and the min / median / max of linear top-1 per method.
 """
 import argparse
-import datetime
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from supcon_fast import sweep  # noqa: E402
-from supcon_fast.benchmarks import git_commit, machine_info  # noqa: E402
+from supcon_fast.provenance import git_commit, machine_info, utc_now  # noqa: E402
 
 
 def main(argv=None):
@@ -50,7 +49,7 @@ def main(argv=None):
         print(f"[sweep {i + 1}/{len(points)}] {pt['name']}: linear top-1 {res.get('linear_top1')} "
               f"({res.get('status')})", flush=True)
     report = {"grid": {**sweep.DEFAULT_GRID, **grid}, "runs": results, "spread": sweep.spread(results),
-              "commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": git_commit(), "date": utc_now(),
               "machine": machine_info("cpu")}
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:

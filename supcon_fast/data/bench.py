@@ -8,56 +8,16 @@ rate is kept in the record.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 
+from ..provenance import git_commit, machine_info, utc_now
+
 LOADERS = ("dali", "torchvision")
-
-
-def git_commit(cwd=None):
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "uncommitted"
-    except (OSError, subprocess.SubprocessError):
-        return "uncommitted"
-
-
-def machine_info():
-    import psutil
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import torchvision
-        info["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    try:
-        import nvidia.dali as dali
-        info["dali"] = dali.__version__
-    except ImportError:
-        info["dali"] = None
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def make_loader(kind, root, *, policy, device, size, views, batch_size, threads, seed=0):
@@ -97,8 +57,7 @@ def _time_round(loader, epoch, warmup, steps, device):
 def run_benchmark(root, *, loaders=LOADERS, policies=("simclr",), device="cpu", size=224, views=2,
                   batch_size=32, threads=2, steps=10, warmup=2, rounds=3, note=""):
     """Returns one record per (policy, loader)."""
-    commit, date, machine = git_commit(), datetime.datetime.now().astimezone().isoformat(), \
-        machine_info()
+    commit, date, machine = git_commit(), utc_now(), machine_info(device)
     torch.set_num_threads(1)  # the loaders' own threads/workers are the CPU budget under test
     records = []
     for policy in policies:

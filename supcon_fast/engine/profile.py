@@ -21,13 +21,12 @@ as one rank of a large multi-GPU job does.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import statistics
 import time
 
 import torch
 
-from ..benchmarks import git_commit, machine_info
+from ..provenance import git_commit, machine_info, utc_now
 from ..loss import anchor_block_terms
 from ..models import build_model
 from ..reference import flatten_views
@@ -225,7 +224,7 @@ def profile(*, arch="resnet50", image_size=224, batch_size=64, views=2, steps=10
                        data="loader" if loader_factory else "synthetic"),
         "device": str(dev), "device_name": machine_info(dev.type).get("gpu" if dev.type == "cuda" else "cpu"),
         "machine": machine_info(dev.type), "torch": torch.__version__, "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
     })
     return out
 

@@ -115,7 +115,7 @@ def supcon_loss(features, labels=None, mask=None, *, temperature=0.07, base_temp
         z, y = distributed.gather_rows(z), distributed.gather_rows(y, check=False)  # [world * n_views * bsz, dim]
     per_anchor, npos = anchor_block_terms(z, y, offset, num_anchors, temperature=temperature, variant=variant,
                                           fused=fused)
-    return _masked_mean(per_anchor, npos > 0, world) * (temperature / base_temperature)
+    return masked_mean(per_anchor, npos > 0, world) * (temperature / base_temperature)
 
 
 def anchor_block_terms(z, y, offset, num_anchors, *, temperature, variant, fused=True):
@@ -132,7 +132,7 @@ def anchor_block_terms(z, y, offset, num_anchors, *, temperature, variant, fused
     return supcon_per_anchor_reference(z, y, offset, num_anchors, temperature=temperature, variant=variant)
 
 
-def _masked_mean(per_anchor, valid, world=1):
+def masked_mean(per_anchor, valid, world=1):
     """Mean of per_anchor [M] over valid anchors; 0 with zero gradients if none (no data-dependent branch,
     so torch.compile(fullgraph=True) traces it). With world > 1 the mean runs over the global batch."""
     kept = torch.where(valid, per_anchor, torch.zeros_like(per_anchor)).sum()

@@ -1,6 +1,6 @@
 """Build the train / eval loaders a run needs from its config.
 
-The DALI pipelines of ``supcon_fast.data`` are used when that package exports its loaders; otherwise
+The DALI pipelines of ``supcon_fast.data`` are used where DALI is installed; otherwise
 (or for ``dataset: synthetic``) the in-memory sources of ``memdata`` with the same interface.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ class Loaders:
 
 
 def _dali():
-    """supcon_fast.data's loader builders, or None while that package does not provide them."""
+    """The DALI loaders (supcon_fast.data), or None where DALI is not installed (e.g. the GPU machine)."""
     try:
         from supcon_fast import data
-        return data if hasattr(data, "build_train_loader") and hasattr(data, "build_eval_loader") else None
+        return data
     except ImportError:
         return None
 
@@ -63,8 +63,9 @@ def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> 
         ev = memdata.TensorEvalLoader(images, labels, batch_size=cfg["eval_batch_size"], size=cfg["size"],
                                       device=device, shard_id=rank, num_shards=world)
         return Loaders(tr, ev, ev, 10, "synthetic")
-    dali = _dali() if cfg["loader"] != "memory" else None
-    if cfg["dataset"] == "digits" and dali is None and _dali() is None:
+    dali_pkg = _dali()
+    dali = dali_pkg if cfg["loader"] != "memory" else None
+    if cfg["dataset"] == "digits" and dali_pkg is None:
         # no DALI on this machine (supcon_fast.data does not import): the digits straight from sklearn
         (x_tr, y_tr), (x_va, y_va) = memdata.digits_in_memory(32)
         return _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device)

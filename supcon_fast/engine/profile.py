@@ -27,7 +27,7 @@ import time
 import torch
 
 from ..provenance import git_commit, machine_info, utc_now
-from ..loss import anchor_block_terms
+from ..loss import anchor_block_terms, masked_mean
 from ..models import build_model
 from ..reference import flatten_views
 from .losses import make_criterion
@@ -98,8 +98,7 @@ def emulated_contrast_criterion(criterion_kwargs: dict, contrast_n: int, num_cla
         zz = torch.cat([z, extra["z"]])
         yy = torch.cat([labels.repeat(features.shape[1]), extra["y"]])
         per_anchor, npos = anchor_block_terms(zz, yy, 0, m, temperature=temperature, variant=variant, fused=fused)
-        valid = npos > 0
-        return torch.where(valid, per_anchor, torch.zeros_like(per_anchor)).sum() / valid.sum().clamp(min=1)
+        return masked_mean(per_anchor, npos > 0)
 
     return criterion
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
+from ..provenance import git_commit, utc_now
 from .data import build_loaders
 from .linear_eval import linear_eval, topk_accuracy
 from .logger import Logger, plot_curves
@@ -64,6 +65,7 @@ def run(cfg: dict, *, on_step=None) -> dict:
                                        holdout=cfg["linear_holdout"], seed=cfg["seed"], amp=res["amp"],
                                        logger=logger, head_path=out / "linear_head.pt" if rt.is_main else None))
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
+        summary.update(commit=git_commit(), date=utc_now(), torch=torch.__version__)  # where the result came from
         if rt.is_main:
             logger.metrics("summary", res["step"], **{k: v for k, v in summary.items() if k != "status"})
             logger.close()

@@ -31,10 +31,27 @@ if cuda_home:
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
+# csrc/emu: the CUDA kernels compiled for the CPU emulation (supcon_fast.testing.cuda_emulation), in
+# every build, with or without a toolkit.
 sources = [os.path.relpath(p, ROOT) for p in
-           sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
+           sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+                  + glob.glob(os.path.join(ROOT, "csrc", "emu", "*.cpp")))]
 cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
-cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]  # the C++ standard is torch's (C++20 for 2.14, C++17 for older)
+# The C++ standard is torch's (C++20 for 2.14, C++17 for older).
+# -fno-strict-aliasing: the emulated kernels move 16-bit words through uint4 / __half views of one buffer.
+cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp-simd", "-fno-strict-aliasing"]
+
+
+def cpu_has_fma():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " fma " in line + " " for line in f)
+    except OSError:
+        return False
+
+
+if cpu_has_fma():  # only the emulated kernels' translation unit uses it (csrc/emu/supcon_emu.cpp)
+    cxx_flags.append("-DSUPCON_EMU_FMA")
 
 if cuda_home:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):

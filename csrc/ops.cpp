@@ -1,8 +1,17 @@
-// Op schemas of supcon_fast; kernels register per backend in cpu/ and cuda/.
+// Op schemas of supcon_fast and the CPU registration; CUDA kernels register in cuda/.
 // The Python module `_C` is empty: importing it loads this library and runs the registrations
 // (the pattern of pytorch/extension-cpp), so the ops work without Python bindings.
+//
+// CPU calls go to the fused CPU op (cpu/), or, inside a CUDA emulation session (emu/), to the CUDA
+// host code and kernels compiled for the CPU: supcon_fast.testing.cuda_emulation() drives the
+// session through the emulation_* ops below.
 #include <Python.h>
 #include <torch/library.h>
+
+#include <string>
+
+#include "emu/emu_runtime.h"
+#include "supcon.h"
 
 extern "C" {
 // Importing supcon_fast._C is what loads the shared library; it defines no Python functions.
@@ -12,6 +21,50 @@ PyObject* PyInit__C(void) {
 }
 }
 
+namespace supcon_fast {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fwd_on_cpu(const at::Tensor& z, const at::Tensor& labels,
+                                                                      int64_t offset, int64_t num_anchors,
+                                                                      double temperature, bool variant_in) {
+  if (supcon_emu::active()) return cuda_emu::supcon_fwd_cuda(z, labels, offset, num_anchors, temperature, variant_in);
+  return supcon_fwd_cpu(z, labels, offset, num_anchors, temperature, variant_in);
+}
+
+at::Tensor bwd_on_cpu(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& labels, const at::Tensor& lse,
+                      const at::Tensor& pos_term, const at::Tensor& npos, int64_t offset, int64_t num_anchors,
+                      double temperature, bool variant_in) {
+  if (supcon_emu::active())
+    return cuda_emu::supcon_bwd_cuda(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature,
+                                     variant_in);
+  return supcon_bwd_cpu(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature, variant_in);
+}
+
+void emulation_start(const std::string& schedule, int64_t seed, int64_t poison, const std::string& arch,
+                     int64_t sm_count) {
+  supcon_emu::Config c;
+  if (schedule == "ascending") c.schedule = supcon_emu::Schedule::ascending;
+  else if (schedule == "descending") c.schedule = supcon_emu::Schedule::descending;
+  else if (schedule == "shuffled") c.schedule = supcon_emu::Schedule::shuffled;
+  else TORCH_CHECK_VALUE(false, "schedule must be 'ascending', 'descending' or 'shuffled', got '", schedule, "'");
+  TORCH_CHECK_VALUE(seed >= 0, "seed must be >= 0, got ", seed);
+  c.seed = static_cast<uint64_t>(seed);
+  c.poison = static_cast<int>(poison);
+  c.arch = arch;
+  c.sm_count = static_cast<int>(sm_count);
+  try {
+    supcon_emu::start(c);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+// Ends the session; returns its kernel launches as JSON.
+std::string emulation_stop() { return supcon_emu::launches_json(supcon_emu::stop()); }
+
+}  // namespace
+}  // namespace supcon_fast
+
 TORCH_LIBRARY(supcon_fast, m) {
   m.def(
       "supcon_fwd(Tensor z, Tensor labels, int offset, int num_anchors, float temperature, "
@@ -19,4 +72,11 @@ TORCH_LIBRARY(supcon_fast, m) {
   m.def(
       "supcon_bwd(Tensor grad_loss, Tensor z, Tensor labels, Tensor lse, Tensor pos_term, "
       "Tensor npos, int offset, int num_anchors, float temperature, bool variant_in) -> Tensor");
+  m.def("emulation_start(str schedule, int seed, int poison, str arch, int sm_count) -> ()", &supcon_fast::emulation_start);
+  m.def("emulation_stop() -> str", &supcon_fast::emulation_stop);
+}
+
+TORCH_LIBRARY_IMPL(supcon_fast, CPU, m) {
+  m.impl("supcon_fwd", &supcon_fast::fwd_on_cpu);
+  m.impl("supcon_bwd", &supcon_fast::bwd_on_cpu);
 }

@@ -13,6 +13,8 @@
 
 #include <torch/types.h>
 
+#include <tuple>
+
 namespace supcon_fast {
 
 // Checks shared by every backend; messages name the argument and its shape.
@@ -52,5 +54,23 @@ inline void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& z, con
 inline at::ScalarType stat_dtype(const at::Tensor& z) {
   return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+// The backends (registered in ops.cpp): the fused CPU op, and the CUDA host code compiled for the
+// CPU emulation (csrc/emu/supcon_emu.cpp), which ops.cpp routes CPU calls to inside an emulation
+// session.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(const at::Tensor& z, const at::Tensor& labels,
+                                                                          int64_t offset, int64_t num_anchors,
+                                                                          double temperature, bool variant_in);
+at::Tensor supcon_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& labels,
+                          const at::Tensor& lse, const at::Tensor& pos_term, const at::Tensor& npos, int64_t offset,
+                          int64_t num_anchors, double temperature, bool variant_in);
+namespace cuda_emu {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor& z, const at::Tensor& labels,
+                                                                           int64_t offset, int64_t num_anchors,
+                                                                           double temperature, bool variant_in);
+at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& labels,
+                           const at::Tensor& lse, const at::Tensor& pos_term, const at::Tensor& npos, int64_t offset,
+                           int64_t num_anchors, double temperature, bool variant_in);
+}  // namespace cuda_emu
 
 }  // namespace supcon_fast

@@ -5,8 +5,21 @@ import pytest
 import torch
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-# Parity tests run on every device with a fused kernel; CUDA ones skip without a GPU.
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+# Parity tests run on every device with a fused kernel: the CPU; CUDA on a GPU (skipped without one);
+# and "emu", the CUDA kernels under the CPU emulation (CPU tensors; see the fixture below).
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA), pytest.param("cpu", id="emu", marks=pytest.mark.emulated)]
+
+
+@pytest.fixture(autouse=True)
+def _cuda_emulation(request):
+    """Tests (or parameters) marked ``emulated`` run inside supcon_fast.testing.cuda_emulation(), unless
+    they open their own sessions (test_ops_cuda.py's ``be`` fixture)."""
+    if request.node.get_closest_marker("emulated") is None or "be" in request.fixturenames:
+        yield
+        return
+    from supcon_fast.testing import cuda_emulation
+    with cuda_emulation():
+        yield
 
 
 def label_kind(kind: str, bsz: int, generator: torch.Generator) -> torch.Tensor | None:

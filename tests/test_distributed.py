@@ -55,7 +55,9 @@ def _worker(rank, init_file, results):
 
 
 def test_two_process_gloo_equals_single_process(tmp_path):
-    manager = mp.Manager()
+    # A spawned (not forked) manager: a forked child would inherit the DALI pipelines earlier tests
+    # left for the garbage collector, and a pipeline's destructor deadlocks in a fork.
+    manager = mp.get_context("spawn").Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(str(tmp_path / "init"), results), nprocs=WORLD, join=True)
     x, y, model = make_problem()

@@ -1,6 +1,7 @@
 """Fused op (through the public API) against the materialized reference: values and gradients.
 
-Parametrized over device: CPU always, CUDA when a GPU is present. Sizes are odd on purpose (not a
+Parametrized over device: the CPU op always; the CUDA op on a GPU when one is present, and under the
+CUDA emulation (the same kernels on the CPU) everywhere. Sizes are odd on purpose (not a
 multiple of any tile) and cover every listed bsz, n_views and dim at least once.
 """
 import pytest

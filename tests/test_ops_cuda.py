@@ -1,8 +1,12 @@
-"""CUDA-only checks of the fused op (csrc/cuda/): tile edges, dtypes, large N against a chunked fp64
-reference, memory, autocast through the public API, and opcheck.
+"""Checks of the fused op's CUDA implementation (csrc/cuda/): tile edges, dtypes, large N against a
+chunked fp64 reference, memory, autocast through the public API, and opcheck.
 
-The CPU parity tests (tests/test_ops.py) run on CUDA too; these are the extras. Everything here is
-skipped without a GPU, and nothing touches a GPU at import.
+Every test runs on two backends: a real GPU ("cuda", skipped without one) and the CUDA emulation
+("emu": the same csrc/cuda kernels and host code compiled for the CPU, supcon_fast.testing), which
+runs in every CI. Under emulation each op call runs three times, under the ascending, descending
+and shuffled thread schedules with both shared-memory poison patterns, and the three results must be
+bitwise identical: a missing barrier, a race or a read of uninitialized shared memory shows up as
+a difference. Large-N cases run at a size the emulation affords (several tiles and splits).
 """
 from __future__ import annotations
 
@@ -13,14 +17,62 @@ import torch
 
 from supcon_fast import ops, supcon_loss
 from supcon_fast.reference import supcon_loss_reference
+from supcon_fast.testing import cuda_emulation
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not ops.has_kernel("cuda"), reason="supcon_fast._C built without CUDA kernels"),
-]
+# (schedule, seed, poison) of the three emulated runs of every op call
+EMU_RUNS = [("ascending", 0, 1), ("descending", 0, 2), ("shuffled", 7, 1)]
 
-DEV = "cuda"
+
+def assert_bitwise_equal(a, b, what):
+    if isinstance(a, (tuple, list)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{what}[{i}]")
+        return
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    int_view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    diff = (a.contiguous().view(int_view) != b.contiguous().view(int_view))
+    assert not diff.any(), f"{what}: {int(diff.sum())} elements differ between thread schedules / poison patterns"
+
+
+class Backend:
+    """Where the op runs: ``device`` for the tensors, and ``run(fn)`` to call the op.
+
+    cuda: fn() on the GPU. emu: fn() on CPU tensors inside cuda_emulation(), once per EMU_RUNS entry;
+    the results must agree bitwise, the first is returned."""
+
+    def __init__(self, name, **emulation):
+        self.name = name
+        self.device = "cuda" if name == "cuda" else "cpu"
+        self.emulated = name == "emu"
+        self.emulation = emulation  # more cuda_emulation() arguments (arch, sm_count)
+        self.launches = []          # the emulated launches of the last run()
+
+    def run(self, fn):
+        if not self.emulated:
+            return fn()
+        results = []
+        for schedule, seed, poison in EMU_RUNS:
+            with cuda_emulation(schedule, seed, poison=poison, **self.emulation) as emu:
+                results.append(fn())
+            self.launches = emu.launches
+        for other, (schedule, _, poison) in zip(results[1:], EMU_RUNS[1:]):
+            assert_bitwise_equal(results[0], other, f"{schedule} schedule, poison {poison}")
+        return results[0]
+
+    def size(self, gpu, emulated):
+        """A problem size: the GPU's, or the emulation's (same code paths, affordable on a CPU)."""
+        return emulated if self.emulated else gpu
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda_build = pytest.mark.skipif(not ops.has_kernel("cuda"), reason="supcon_fast._C built without CUDA kernels")
+needs_extension = pytest.mark.skipif(not ops.available(), reason="supcon_fast._C not built")
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=[pytest.mark.cuda, needs_gpu, needs_cuda_build]),
+                        pytest.param("emu", marks=[pytest.mark.emulated, needs_extension])])
+def be(request):
+    return Backend(request.param)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -47,15 +99,17 @@ def op_reference(z, labels, offset, m, temperature, variant_in):
     return loss, lse, pos_term, npos
 
 
-def fused(z, labels, offset, m, temperature, variant_in):
-    return ops.supcon_fwd(z, labels, offset, m, temperature, variant_in)
+def fused(be, z, labels, offset, m, temperature, variant_in):
+    return be.run(lambda: ops.supcon_fwd(z, labels, offset, m, temperature, variant_in))
 
 
-def fused_grad(z, labels, offset, m, temperature, variant_in, grad_loss):
-    zz = z.detach().clone().requires_grad_()
-    loss = fused(zz, labels, offset, m, temperature, variant_in)[0]
-    (loss * grad_loss).sum().backward()
-    return loss.detach(), zz.grad
+def fused_grad(be, z, labels, offset, m, temperature, variant_in, grad_loss):
+    def fwd_bwd():
+        zz = z.detach().clone().requires_grad_()
+        loss = ops.supcon_fwd(zz, labels, offset, m, temperature, variant_in)[0]
+        (loss * grad_loss).sum().backward()
+        return loss.detach(), zz.grad
+    return be.run(fwd_bwd)
 
 
 def ref_grad(z, labels, offset, m, temperature, variant_in, grad_loss, dtype):
@@ -65,13 +119,13 @@ def ref_grad(z, labels, offset, m, temperature, variant_in, grad_loss, dtype):
     return loss.detach(), zz.grad
 
 
-def make(n, d, n_classes, dtype, seed=0, scale=1.0, normalize=True):
+def make(be, n, d, n_classes, dtype, seed=0, scale=1.0, normalize=True):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, d, generator=g, dtype=torch.float64)
     if normalize:
         z = torch.nn.functional.normalize(z, dim=1)
-    z = (z * scale).to(dtype).to(DEV)
-    labels = (torch.randint(0, n_classes, (n,), generator=g) * 7919 - 3).to(DEV)  # arbitrary int64 values
+    z = (z * scale).to(dtype).to(be.device)
+    labels = (torch.randint(0, n_classes, (n,), generator=g) * 7919 - 3).to(be.device)  # arbitrary int64 values
     return z, labels
 
 
@@ -88,22 +142,24 @@ def assert_half_rule(fused_v, ref64, ref_lowp, what, eps):
 
 # ------------------------------------------------------------------------------------------------
 # Tile edges: N, M not multiples of the tiles (128 x 64 tensor-core, 64 x 64 FFMA), D not a multiple
-# of 8 / 16 or larger than a 128-wide D chunk, anchor blocks with an offset, classes without positives.
+# of 8 / 16 or larger than a 128-wide D chunk, anchor blocks with an offset, classes without positives,
+# one column split and several (small row counts split the columns to fill the GPU's SMs).
 # ------------------------------------------------------------------------------------------------
 SHAPES = [  # (N, D, offset, M)
     (1, 4, 0, 1), (2, 3, 0, 2), (2, 3, 1, 1), (37, 13, 0, 37), (130, 64, 0, 130), (130, 64, 5, 70),
     (257, 128, 0, 257), (200, 130, 0, 200), (300, 257, 40, 129), (70, 1030, 0, 70), (513, 8, 0, 513),
-    (129, 1, 128, 1), (1000, 33, 0, 100), (1000, 33, 700, 150), (600, 64, 130, 5),
+    (129, 1, 128, 1), (1000, 33, 0, 100), (1000, 33, 700, 150), (600, 64, 130, 5), (601, 127, 0, 601),
+    (333, 300, 11, 222), (97, 129, 0, 97),
 ]
 
 
 @pytest.mark.parametrize("variant_in", [False, True], ids=["out", "in"])
 @pytest.mark.parametrize("n,d,offset,m", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_full_precision_paths(n, d, offset, m, dtype, variant_in):
-    z, labels = make(n, d, max(1, n // 3), dtype, seed=n + d)
+def test_full_precision_paths(be, n, d, offset, m, dtype, variant_in):
+    z, labels = make(be, n, d, max(1, n // 3), dtype, seed=n + d)
     t = 0.1
-    loss, lse, pos, npos = fused(z, labels, offset, m, t, variant_in)
+    loss, lse, pos, npos = fused(be, z, labels, offset, m, t, variant_in)
     r_loss, r_lse, r_pos, r_npos = op_reference(z.double(), labels, offset, m, t, variant_in)
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert npos.dtype == torch.int64 and torch.equal(npos, r_npos)
@@ -114,8 +170,8 @@ def test_full_precision_paths(n, d, offset, m, dtype, variant_in):
     torch.testing.assert_close(pos.double()[has], r_pos[has], **tol)
     if variant_in:
         assert torch.isneginf(pos[~has]).all()
-    gl = torch.randn(m, dtype=torch.float64, device=DEV)
-    _, grad = fused_grad(z, labels, offset, m, t, variant_in, gl.to(loss.dtype))
+    gl = torch.randn(m, dtype=torch.float64, generator=torch.Generator().manual_seed(m)).to(be.device)
+    _, grad = fused_grad(be, z, labels, offset, m, t, variant_in, gl.to(loss.dtype))
     _, r_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, torch.float64)
     assert grad.dtype == dtype and grad.shape == z.shape
     torch.testing.assert_close(grad.double(), r_grad, **tol)
@@ -124,70 +180,151 @@ def test_full_precision_paths(n, d, offset, m, dtype, variant_in):
 @pytest.mark.parametrize("variant_in", [False, True], ids=["out", "in"])
 @pytest.mark.parametrize("n,d,offset,m", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_tensor_core_paths(n, d, offset, m, dtype, variant_in):
-    z, labels = make(n, d, max(1, n // 3), dtype, seed=n + d)
+def test_tensor_core_paths(be, n, d, offset, m, dtype, variant_in):
+    z, labels = make(be, n, d, max(1, n // 3), dtype, seed=n + d)
     t = 0.1
-    loss, lse, pos, npos = fused(z, labels, offset, m, t, variant_in)
+    loss, lse, pos, npos = fused(be, z, labels, offset, m, t, variant_in)
     assert loss.dtype == torch.float32 and lse.dtype == torch.float32
     r_loss, r_lse, _, r_npos = op_reference(z.double(), labels, offset, m, t, variant_in)
     lp_loss, lp_lse, _, _ = op_reference(z, labels, offset, m, t, variant_in)  # the reference in that dtype
     assert torch.equal(npos, r_npos)
     assert_half_rule(lse, r_lse, lp_lse, "lse", eps=1e-3)
     assert_half_rule(loss, r_loss, lp_loss, "loss", eps=1e-3)
-    gl = torch.rand(m, dtype=torch.float32, device=DEV) / max(m, 1)
-    _, grad = fused_grad(z, labels, offset, m, t, variant_in, gl)
+    gl = (torch.rand(m, dtype=torch.float32, generator=torch.Generator().manual_seed(m)) / max(m, 1)).to(be.device)
+    _, grad = fused_grad(be, z, labels, offset, m, t, variant_in, gl)
     _, r_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, torch.float64)
     _, lp_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, dtype)
     assert grad.dtype == dtype
     assert_half_rule(grad, r_grad, lp_grad, "grad", eps=1e-3 * max(r_grad.abs().max().item(), 1e-6))
 
 
+def check_case(be, n, d, offset, m, dtype, variant_in, t=0.1):
+    """Forward and backward of one case against the fp64 reference: fp64 / fp32 to their precision,
+    fp16 / bf16 by the accuracy rule (twice the reference's own error in that dtype, plus eps)."""
+    z, labels = make(be, n, d, max(1, n // 3), dtype, seed=n + d)
+    gl = torch.rand(m, dtype=torch.float64, generator=torch.Generator().manual_seed(m)).to(be.device) / max(m, 1)
+    loss, lse, pos, npos = fused(be, z, labels, offset, m, t, variant_in)
+    _, grad = fused_grad(be, z, labels, offset, m, t, variant_in, gl.to(loss.dtype))
+    r_loss, r_lse, _, r_npos = op_reference(z.double(), labels, offset, m, t, variant_in)
+    _, r_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, torch.float64)
+    assert torch.equal(npos, r_npos)
+    if dtype in (torch.float64, torch.float32):
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lse.double(), r_lse, **tol)
+        torch.testing.assert_close(loss.double(), r_loss, **tol)
+        torch.testing.assert_close(grad.double(), r_grad, **tol)
+        return
+    lp_loss, lp_lse, _, _ = op_reference(z, labels, offset, m, t, variant_in)
+    _, lp_grad = ref_grad(z, labels, offset, m, t, variant_in, gl, dtype)
+    assert_half_rule(lse, r_lse, lp_lse, "lse", eps=1e-3)
+    assert_half_rule(loss, r_loss, lp_loss, "loss", eps=1e-3)
+    assert_half_rule(grad, r_grad, lp_grad, "grad", eps=1e-3 * max(r_grad.abs().max().item(), 1e-6))
+
+
+@pytest.mark.parametrize("variant_in", [False, True], ids=["out", "in"])
+@pytest.mark.parametrize("n,d,offset,m", [(601, 127, 0, 601), (333, 72, 40, 200)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_one_column_split(be, n, d, offset, m, dtype, variant_in):
+    """Large problems run with one column split: the forward merges a single partial, and the backward
+    writes each grad row once, in z's dtype, with no fp32 workspace (direct mode). A GPU plans that only
+    from about 34,000 rows on; the emulation reaches the same plan at small N by planning for one SM."""
+    if not be.emulated:
+        pytest.skip("the large-N tests cover this plan on a GPU")
+    one_sm = Backend("emu", sm_count=1)
+    check_case(one_sm, n, d, offset, m, dtype, variant_in)
+    assert [launch["grid"][1] for launch in one_sm.launches if "tile" in launch["kernel"]] == [1, 1]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_100"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_target_archs(be, arch, dtype):
+    """The planning for each SASS target's SM count and shared-memory limit (sm_80: 108 SMs, 163 KB;
+    sm_90: 132, 227 KB; sm_100: 148, 227 KB), both variants, an anchor block."""
+    if not be.emulated:
+        pytest.skip("a GPU is one arch; the emulation plans for each")
+    for variant_in in (False, True):
+        check_case(Backend("emu", arch=arch), 700, 96, 90, 400, dtype, variant_in)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("temperature,scale", [(0.01, 1.0), (1.0, 100.0), (0.01, 100.0)])
-def test_extreme_logits_stay_finite(dtype, temperature, scale):
+def test_extreme_logits_stay_finite(be, dtype, temperature, scale):
     # |s| up to 1e6: only a running max keeps exp() finite
-    z, labels = make(300, 64, 10, dtype, seed=3, scale=scale, normalize=True)
+    z, labels = make(be, 300, 64, 10, dtype, seed=3, scale=scale, normalize=True)
     for variant_in in (False, True):
-        loss, lse, pos, npos = fused(z, labels, 0, 300, temperature, variant_in)
+        loss, lse, pos, npos = fused(be, z, labels, 0, 300, temperature, variant_in)
         assert torch.isfinite(loss).all() and torch.isfinite(lse).all()
         r_lse = op_reference(z.double(), labels, 0, 300, temperature, variant_in)[1]
         torch.testing.assert_close(lse.double(), r_lse, rtol=1e-4, atol=1e-3)
-        _, grad = fused_grad(z, labels, 0, 300, temperature, variant_in,
-                             torch.full((300,), 1 / 300, device=DEV))
+        _, grad = fused_grad(be, z, labels, 0, 300, temperature, variant_in,
+                             torch.full((300,), 1 / 300, device=be.device))
         assert torch.isfinite(grad.float()).all()
 
 
-def test_empty_and_misaligned_inputs():
-    z, labels = make(50, 8, 5, torch.bfloat16)
-    loss, lse, pos, npos = fused(z, labels, 10, 0, 0.1, False)
+@pytest.mark.parametrize("grad_scale", [1e-3, 1.0, 3e3], ids=["tiny", "unit", "large"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_grad_scaling(be, dtype, grad_scale):
+    """The fp16 H tile is scaled by a power of two from max |grad_loss| so that neither tiny upstream
+    gradients (1e-3 / N: H ~ 1e-8, below fp16's smallest subnormal, while the result ~ 1e-4 is still
+    representable) nor large ones underflow or overflow fp16: the result scales with them."""
+    n, t = 203, 0.1
+    z, labels = make(be, n, 72, 20, dtype, seed=11)
+    gl = (torch.rand(n, generator=torch.Generator().manual_seed(1)) + 0.5).to(be.device) / n
+    _, grad1 = fused_grad(be, z, labels, 0, n, t, True, gl)
+    _, grad_s = fused_grad(be, z, labels, 0, n, t, True, gl * grad_scale)
+    _, r_grad = ref_grad(z, labels, 0, n, t, True, gl.double() * grad_scale, torch.float64)
+    _, lp_grad = ref_grad(z, labels, 0, n, t, True, gl.double() * grad_scale, dtype)
+    assert torch.isfinite(grad_s.float()).all()
+    assert (grad_s != 0).float().mean() > 0.9, "scaled gradients underflowed"
+    assert_half_rule(grad_s, r_grad, lp_grad, "grad", eps=1e-3 * r_grad.abs().max().item())
+    # Powers of two aside, scaling g scales H's fp16 rounding too: the relative error stays put.
+    rel = ((grad_s.double() / grad_scale - grad1.double()).abs().max() / grad1.double().abs().max()).item()
+    assert rel < 2e-2, f"gradient relative change {rel:.2e} under a {grad_scale:g} x upstream scale"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_empty_and_misaligned_inputs(be, dtype):
+    z, labels = make(be, 50, 8, 5, dtype)
+    loss, lse, pos, npos = fused(be, z, labels, 10, 0, 0.1, False)
     assert loss.shape == lse.shape == pos.shape == npos.shape == (0,)
-    grad = torch.ops.supcon_fast.supcon_bwd.default(loss, z, labels, lse, pos, npos, 10, 0, 0.1, False)
+    grad = be.run(lambda: torch.ops.supcon_fast.supcon_bwd.default(loss, z, labels, lse, pos, npos, 10, 0, 0.1, False))
     assert grad.shape == z.shape and (grad == 0).all()
-    # data pointer not 16-byte aligned (vector loads off) and a non-contiguous z
-    flat = torch.randn(50 * 8 + 3, dtype=torch.bfloat16, device=DEV)
-    zm = flat[3:].view(50, 8)
-    a = fused(zm, labels, 0, 50, 0.1, True)[0]
-    b = fused(zm.clone(), labels, 0, 50, 0.1, True)[0]
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    zt = torch.randn(8, 50, device=DEV).T
-    torch.testing.assert_close(fused(zt, labels, 0, 50, 0.1, False)[0], fused(zt.contiguous(), labels, 0, 50, 0.1, False)[0])
+    # data pointer not 16-byte aligned (vector loads off) against the aligned copy (vector loads on):
+    # the two load paths must agree bitwise, forward and backward
+    for d in (8, 64, 136):
+        flat = torch.randn(50 * d + 3, generator=torch.Generator().manual_seed(d)).to(dtype).to(be.device)
+        zm = flat[3:].view(50, d)
+        assert zm.data_ptr() % 16 != 0
+        zc = zm.clone()
+        assert zc.data_ptr() % 16 == 0
+        gl = torch.full((50,), 0.02, device=be.device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        a, b = fused_grad(be, zm, labels, 0, 50, 0.1, True, gl), fused_grad(be, zc, labels, 0, 50, 0.1, True, gl)
+        assert_bitwise_equal(a, b, f"misaligned vs aligned z, D = {d}")
+    zt = torch.randn(8, 50).to(dtype).to(be.device).T
+    assert_bitwise_equal(fused(be, zt, labels, 0, 50, 0.1, False)[0], fused(be, zt.contiguous(), labels, 0, 50, 0.1, False)[0],
+                         "transposed z")
 
 
-def test_bad_arguments_name_the_argument():
-    z, labels = make(10, 4, 2, torch.float32)
-    with pytest.raises(RuntimeError, match="labels"):
-        fused(z, labels.cpu(), 0, 10, 0.1, False)
+def test_bad_arguments_name_the_argument(be):
+    z, labels = make(be, 10, 4, 2, torch.float32)
+    if be.emulated:
+        with pytest.raises(RuntimeError, match="labels"):
+            fused(be, z, labels.to(torch.int32), 0, 10, 0.1, False)
+    else:
+        with pytest.raises(RuntimeError, match="labels"):
+            fused(be, z, labels.cpu(), 0, 10, 0.1, False)
     with pytest.raises(RuntimeError, match="anchor block"):
-        fused(z, labels, 5, 6, 0.1, False)
+        fused(be, z, labels, 5, 6, 0.1, False)
     with pytest.raises(RuntimeError, match="temperature"):
-        fused(z, labels, 0, 10, 0.0, False)
+        fused(be, z, labels, 0, 10, 0.0, False)
 
 
-def test_symmetric_backward_is_deterministic():
-    z, labels = make(4096, 128, 100, torch.bfloat16, seed=1)
-    gl = torch.full((4096,), 1 / 4096, device=DEV)
-    g1 = fused_grad(z, labels, 0, 4096, 0.1, False, gl)[1]
-    g2 = fused_grad(z, labels, 0, 4096, 0.1, False, gl)[1]
+def test_symmetric_backward_is_deterministic(be):
+    n = be.size(4096, 1100)
+    z, labels = make(be, n, 128, 100, torch.bfloat16, seed=1)
+    gl = torch.full((n,), 1 / n, device=be.device)
+    g1 = fused_grad(be, z, labels, 0, n, 0.1, False, gl)[1]
+    g2 = fused_grad(be, z, labels, 0, n, 0.1, False, gl)[1]
     assert torch.equal(g1, g2)
 
 
@@ -207,13 +344,14 @@ def chunked_lse64(z, rows, chunk=1024):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("n", [65536, 262144])
-def test_large_n_lse_against_chunked_fp64(n, dtype):
+@pytest.mark.parametrize("size", ["large", "larger"])
+def test_large_n_lse_against_chunked_fp64(be, size, dtype):
     t = 0.1
-    z, labels = make(n, 128, 1000, dtype, seed=n)
-    loss, lse, pos, npos = fused(z, labels, 0, n, t, False)
+    n = be.size({"large": 65536, "larger": 262144}[size], {"large": 1500, "larger": 2900}[size])
+    z, labels = make(be, n, 128, be.size(1000, 60), dtype, seed=n)
+    loss, lse, pos, npos = fused(be, z, labels, 0, n, t, False)
     assert torch.isfinite(lse).all() and torch.isfinite(loss).all()
-    rows = torch.randperm(n, device=DEV)[:4096]
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:4096].to(be.device)
     zs = z.double() / math.sqrt(t)  # s_ij = (z_i / sqrt t) . (z_j / sqrt t)
     r_lse = chunked_lse64(zs, rows)
     # z is the same (rounded) input for both: the only differences are fp32 accumulation and sums
@@ -221,7 +359,7 @@ def test_large_n_lse_against_chunked_fp64(n, dtype):
     # 'out' positive term via class sums in fp64
     z64 = z.double()
     _, inv = torch.unique(labels, return_inverse=True)
-    csum = torch.zeros(int(inv.max()) + 1, 128, dtype=torch.float64, device=DEV).index_add_(0, inv, z64)
+    csum = torch.zeros(int(inv.max()) + 1, 128, dtype=torch.float64, device=be.device).index_add_(0, inv, z64)
     r_np = torch.bincount(inv)[inv[rows]] - 1
     r_pos = (z64[rows] * (csum[inv[rows]] - z64[rows])).sum(1) / (t * r_np.clamp(min=1))
     assert torch.equal(npos[rows], r_np)
@@ -229,28 +367,32 @@ def test_large_n_lse_against_chunked_fp64(n, dtype):
 
 
 @pytest.mark.parametrize("variant_in", [False, True], ids=["out", "in"])
-@pytest.mark.parametrize("n,offset,m", [(65536, 0, 65536), (40000, 10000, 5000)], ids=["symmetric", "anchor_block"])
-def test_large_n_grad_against_chunked_fp64(n, offset, m, variant_in):
+@pytest.mark.parametrize("case", ["symmetric", "anchor_block"])
+def test_large_n_grad_against_chunked_fp64(be, case, variant_in):
     d, t = 128, 0.1
-    z, labels = make(n, d, 2000, torch.bfloat16, seed=7)
-    gl = torch.full((m,), 1.0 / m, device=DEV)
-    loss, grad = fused_grad(z, labels, offset, m, t, variant_in, gl)
+    gpu = {"symmetric": (65536, 0, 65536), "anchor_block": (40000, 10000, 5000)}[case]
+    emu = {"symmetric": (1300, 0, 1300), "anchor_block": (1500, 390, 260)}[case]
+    n, offset, m = be.size(gpu, emu)
+    z, labels = make(be, n, d, be.size(2000, 50), torch.bfloat16, seed=7)
+    gl = torch.full((m,), 1.0 / m, device=be.device)
+    loss, grad = fused_grad(be, z, labels, offset, m, t, variant_in, gl)
     assert torch.isfinite(grad.float()).all()
+    dev = be.device
     # fp64 statistics of every anchor, chunked, then the gradient of a subset of rows:
     # grad[r] = sum_j ([r anchor] G_rj + [j anchor] G_jr) z_j / t, with
     # G_ij = g_i (exp(s_ij - lse_i) - [j in P(i)] ('in': exp(s_ij - pt_i) | 'out': 1 / npos_i))
     z64 = z.double()
     _, inv = torch.unique(labels, return_inverse=True)
-    anchors = torch.arange(offset, offset + m, device=DEV)
+    anchors = torch.arange(offset, offset + m, device=dev)
     lse64 = chunked_lse64(z64 / math.sqrt(t), anchors)
     npos = (torch.bincount(inv)[inv[anchors]] - 1).double()
-    pt64 = torch.zeros(m, dtype=torch.float64, device=DEV)
+    pt64 = torch.zeros(m, dtype=torch.float64, device=dev)
     if variant_in:
         for s in range(0, m, 2048):
             r = anchors[s:s + 2048]
             logits = z64[r] @ z64.T / t
             same = inv[r][:, None] == inv[None, :]
-            same[torch.arange(len(r), device=DEV), r] = False
+            same[torch.arange(len(r), device=dev), r] = False
             pt64[s:s + 2048] = torch.logsumexp(logits.masked_fill(~same, float("-inf")), 1)
     pt64 = torch.where(npos > 0, pt64, torch.zeros_like(pt64))  # anchors without a positive: g = 0 anyway
     g = torch.where(npos > 0, torch.full_like(npos, 1.0 / m), torch.zeros_like(npos))
@@ -260,11 +402,12 @@ def test_large_n_grad_against_chunked_fp64(n, offset, m, variant_in):
             return torch.exp(logits - lse_) - same * torch.exp(logits - pt_)
         return torch.exp(logits - lse_) - same / npos_.clamp(min=1)
 
-    perm = torch.randperm(n, device=DEV)
-    rows = torch.cat([perm[:512], anchors[torch.randperm(m, device=DEV)[:512]]])
+    gen = torch.Generator().manual_seed(1)
+    perm = torch.randperm(n, generator=gen).to(dev)
+    rows = torch.cat([perm[:512], anchors[torch.randperm(m, generator=gen).to(dev)[:512]]])
     logits = z64[rows] @ z64.T / t                                     # s_rj = s_jr
-    not_self = torch.ones(len(rows), n, dtype=torch.bool, device=DEV)
-    not_self[torch.arange(len(rows), device=DEV), rows] = False
+    not_self = torch.ones(len(rows), n, dtype=torch.bool, device=dev)
+    not_self[torch.arange(len(rows), device=dev), rows] = False
     same = (inv[rows][:, None] == inv[None, :]) & not_self
     hmat = torch.zeros_like(logits)
     is_anchor_row = (rows >= offset) & (rows < offset + m)
@@ -280,9 +423,11 @@ def test_large_n_grad_against_chunked_fp64(n, offset, m, variant_in):
     assert err <= 2e-2 * scale, f"grad err {err:.3e} vs max |grad| {scale:.3e}"
 
 
-def test_memory_is_linear_in_n():
+def test_memory_is_linear_in_n(be):
+    if be.emulated:
+        pytest.skip("device memory is not emulated (CPU tensors); the GPU run measures it")
     n, d = 65536, 128
-    z, labels = make(n, d, 1000, torch.bfloat16, seed=5)
+    z, labels = make(be, n, d, 1000, torch.bfloat16, seed=5)
     z.requires_grad_()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -300,16 +445,20 @@ def test_memory_is_linear_in_n():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("variant", ["out", "in"])
-def test_autocast_public_api(amp_dtype, variant):
+def test_autocast_public_api(be, amp_dtype, variant):
     g = torch.Generator().manual_seed(0)
-    feats = torch.nn.functional.normalize(torch.randn(96, 2, 32, generator=g), dim=-1).to(DEV)
-    labels = torch.randint(0, 10, (96,), generator=g).to(DEV)
-    f = feats.clone().requires_grad_()
-    with torch.autocast("cuda", dtype=amp_dtype):
-        loss = supcon_loss(f, labels, temperature=0.1, variant=variant, impl="fused")
+    feats = torch.nn.functional.normalize(torch.randn(96, 2, 32, generator=g), dim=-1).to(be.device)
+    labels = torch.randint(0, 10, (96,), generator=g).to(be.device)
+
+    def fwd_bwd():
+        f = feats.clone().requires_grad_()
+        with torch.autocast(be.device, dtype=amp_dtype):
+            loss = supcon_loss(f.to(amp_dtype), labels, temperature=0.1, variant=variant, impl="fused")
+        loss.backward()
+        return loss.detach(), f.grad
+    loss, grad = be.run(fwd_bwd)
     assert loss.dtype == torch.float32
-    loss.backward()
-    assert f.grad.dtype == torch.float32 and torch.isfinite(f.grad).all()
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
     f64 = feats.double().requires_grad_()
     ref = supcon_loss_reference(f64, labels, temperature=0.1, variant=variant)
     ref.backward()
@@ -317,18 +466,22 @@ def test_autocast_public_api(amp_dtype, variant):
     ref_lp = supcon_loss_reference(flp, labels, temperature=0.1, variant=variant)
     ref_lp.backward()
     assert abs(loss.item() - ref.item()) <= 2 * abs(ref_lp.item() - ref.item()) + 1e-3
-    err = (f.grad.double() - f64.grad).abs().max().item()
+    err = (grad.double() - f64.grad).abs().max().item()
     ref_err = (flp.grad.double() - f64.grad).abs().max().item()
     assert err <= 2 * ref_err + 1e-3 * f64.grad.abs().max().item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("offset,m", [(0, 70), (10, 30)])
-def test_opcheck_cuda(dtype, offset, m):
-    z, labels = make(70, 20, 7, dtype, seed=2)
+def test_opcheck_cuda(be, dtype, offset, m):
+    z, labels = make(be, 70, 20, 7, dtype, seed=2)
     z.requires_grad_()
-    torch.library.opcheck(torch.ops.supcon_fast.supcon_fwd.default, (z, labels, offset, m, 0.1, True))
-    torch.library.opcheck(torch.ops.supcon_fast.supcon_fwd.default, (z, labels, offset, m, 0.1, False))
-    loss, lse, pos, npos = fused(z.detach(), labels, offset, m, 0.1, False)
-    torch.library.opcheck(torch.ops.supcon_fast.supcon_bwd.default,
-                          (torch.ones_like(loss), z.detach(), labels, lse, pos, npos, offset, m, 0.1, False))
+    loss, lse, pos, npos = fused(be, z.detach(), labels, offset, m, 0.1, False)
+
+    def check():
+        torch.library.opcheck(torch.ops.supcon_fast.supcon_fwd.default, (z, labels, offset, m, 0.1, True))
+        torch.library.opcheck(torch.ops.supcon_fast.supcon_fwd.default, (z, labels, offset, m, 0.1, False))
+        torch.library.opcheck(torch.ops.supcon_fast.supcon_bwd.default,
+                              (torch.ones_like(loss), z.detach(), labels, lse, pos, npos, offset, m, 0.1, False))
+        return torch.zeros(())
+    be.run(check)

@@ -270,6 +270,8 @@ void bwd_out_positives(const at::Tensor& z, const DenseClasses& cls, const scala
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(
     const at::Tensor& z_in, const at::Tensor& labels_in, int64_t offset, int64_t num_anchors,
     double temperature, bool variant_in) {
@@ -314,13 +316,6 @@ at::Tensor supcon_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& z_in, c
       bwd_out_positives<scalar_t>(z, cls, st.g, npos.data_ptr<int64_t>(), offset, num_anchors, temperature, grad);
   });
   return grad.to(z_in.scalar_type());
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(supcon_fast, CPU, m) {
-  m.impl("supcon_fwd", &supcon_fwd_cpu);
-  m.impl("supcon_bwd", &supcon_bwd_cpu);
 }
 
 }  // namespace supcon_fast

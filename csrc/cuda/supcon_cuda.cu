@@ -1,27 +1,30 @@
 // CUDA implementation of supcon_fast::supcon_fwd / supcon_bwd (schemas in csrc/ops.cpp, contract
-// in csrc/supcon.h and DESIGN.md). Kernels: supcon_kernels.cuh.
+// in csrc/supcon.h and docs/design.md). Kernels: supcon_kernels.cuh.
 //
 // dtypes: fp16 / bf16 run on tensor cores (WMMA, fp32 accumulation, fp32 statistics); fp32 runs the
 // FFMA engine (true fp32 products and sums: no TF32, so it keeps fp32 accuracy); fp64 runs the same
 // FFMA engine in fp64 (slow, for checking).
+//
+// This host code is compiled twice: by nvcc for the device (registered for the CUDA dispatch key
+// below), and as plain C++ with SUPCON_EMULATION by csrc/emu/supcon_emu.cpp, where the same
+// planning and launches run the kernels on CPU tensors under the emulation (device_api.cuh holds
+// the few calls that differ).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
 #include "../supcon.h"
+#include "device_api.cuh"
 #include "supcon_kernels.cuh"
 
 namespace supcon_fast {
-namespace cuda {
+namespace SUPCON_CUDA_NS {
 namespace {
 
 template <typename scalar_t> struct EngineFor;
@@ -35,29 +38,16 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Column splits so that small row counts still fill the GPU: about two blocks per SM.
 // Returns {splits, tiles_per_split} with no empty split.
 std::pair<int64_t, int64_t> plan_splits(int64_t row_blocks, int64_t col_tiles) {
-  // (c10 only: ATen/cuda/CUDAContext.h would need the cuSPARSE/cuBLAS headers at build time)
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-  const int64_t target = 2 * static_cast<int64_t>(sms);
+  const int64_t target = 2 * static_cast<int64_t>(sm_count());
   int64_t splits = std::max<int64_t>(1, ceil_div(target, std::max<int64_t>(row_blocks, 1)));
   splits = std::min<int64_t>({splits, std::max<int64_t>(col_tiles, 1), 65535});
   const int64_t per = ceil_div(std::max<int64_t>(col_tiles, 1), splits);
   return {ceil_div(std::max<int64_t>(col_tiles, 1), per), per};
 }
 
-// Opts the kernel in to `bytes` of dynamic shared memory (> 48 KB needs it), after checking that the
-// device allows that much per block with the kernel's static shared memory (sm_80: 163 KB, sm_90:
-// 227 KB; sm_86 / sm_89 only 99 KB, too little for the tensor-core backward).
-template <typename K>
-void set_smem(K kernel, int bytes, const char* what) {
-  int optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
-  cudaFuncAttributes attr{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  TORCH_CHECK(static_cast<int64_t>(attr.sharedSizeBytes) + bytes <= optin, what, " (CUDA): the kernel needs ",
-              static_cast<int64_t>(attr.sharedSizeBytes) + bytes, " bytes of shared memory per block, this device allows ",
-              optin, " (sm_80 / sm_90 class GPUs have enough)");
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+template <class E>
+std::string kernel_name(const char* kernel) {
+  return std::string(kernel) + "<" + E::kName + ">";
 }
 
 bool vec_ok(const at::Tensor& z) {
@@ -74,7 +64,7 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
   const int64_t row_blocks = ceil_div(M, E::BM);
   TORCH_CHECK(row_blocks <= INT32_MAX, "supcon_fwd (CUDA): too many anchors: ", M);
   const auto [splits, per] = plan_splits(row_blocks, ceil_div(N, E::BN));
-  at::Tensor ws = at::empty({splits, M, 4}, lse.options());
+  at::Tensor ws = empty_output({splits, M, 4}, lse.options());
 
   FwdParams<E> p;
   p.z = reinterpret_cast<const raw_t*>(z.data_ptr());
@@ -89,16 +79,14 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
   p.vec = vec_ok(z);
   p.ws = ws.data_ptr<st_t>();
 
-  auto stream = c10::cuda::getCurrentCUDAStream();
   constexpr int smem = SmemLayout<E>::fwd_bytes;
   set_smem(supcon_fwd_tile_kernel<E>, smem, "supcon_fwd");
-  supcon_fwd_tile_kernel<E><<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), E::NT, smem,
-                              stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  supcon_fwd_finalize_kernel<st_t><<<static_cast<unsigned>(ceil_div(M, 256)), 256, 0, stream>>>(
-      p.ws, splits, M, npos.data_ptr<int64_t>(), variant_in, loss.data_ptr<st_t>(), lse.data_ptr<st_t>(),
-      pos.data_ptr<st_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(supcon_fwd_tile_kernel<E>, kernel_name<E>("supcon_fwd_tile_kernel"),
+         dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), dim3(E::NT), smem, E::NT, p);
+  launch(supcon_fwd_finalize_kernel<st_t>, kernel_name<E>("supcon_fwd_finalize_kernel"),
+         dim3(static_cast<unsigned>(ceil_div(M, 256))), dim3(256), 0, 0, p.ws, splits, M,
+         static_cast<const int64_t*>(npos.data_ptr<int64_t>()), variant_in, loss.data_ptr<st_t>(),
+         lse.data_ptr<st_t>(), pos.data_ptr<st_t>());
 }
 
 }  // namespace
@@ -108,13 +96,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const
                                                                            int64_t offset, int64_t num_anchors,
                                                                            double temperature, bool variant_in) {
   check_fwd_args(z_in, labels_in, offset, num_anchors, temperature);
-  TORCH_CHECK(z_in.is_cuda(), "supcon_fwd (CUDA): z must be a CUDA tensor, got ", z_in.device());
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  TORCH_CHECK(on_device(z_in), "supcon_fwd (", kBackend, "): z is on ", z_in.device());
+  const DeviceGuard guard(z_in.device());
   const int64_t M = num_anchors;
   const auto fopts = z_in.options().dtype(stat_dtype(z_in));
   at::Tensor loss = at::zeros({M}, fopts);
-  at::Tensor lse = at::empty({M}, fopts);
-  at::Tensor pos = at::empty({M}, fopts);
+  at::Tensor lse = empty_output({M}, fopts);
+  at::Tensor pos = empty_output({M}, fopts);
   if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong))};
 
   const at::Tensor z = z_in.contiguous();
@@ -134,8 +122,8 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
                            const at::Tensor& lse_in, const at::Tensor& pos_in, const at::Tensor& npos_in,
                            int64_t offset, int64_t num_anchors, double temperature, bool variant_in) {
   check_bwd_args(grad_loss, z_in, labels_in, lse_in, pos_in, npos_in, offset, num_anchors, temperature);
-  TORCH_CHECK(z_in.is_cuda(), "supcon_bwd (CUDA): z must be a CUDA tensor, got ", z_in.device());
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  TORCH_CHECK(on_device(z_in), "supcon_bwd (", kBackend, "): z is on ", z_in.device());
+  const DeviceGuard guard(z_in.device());
   const int64_t N = z_in.size(0), D = z_in.size(1), M = num_anchors;
   if (M == 0 || N == 0 || D == 0) return at::zeros({N, D}, z_in.options());
 
@@ -185,7 +173,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
     at::Tensor part;
     if (splits == 1) {
       // Every grad row is owned by one block and every element written once: no accumulator.
-      grad = at::empty({N, D}, z.options());
+      grad = empty_output({N, D}, z.options());
       p.grad_out = reinterpret_cast<typename E::in_t*>(grad.data_ptr());
       p.grad_part = nullptr;
     } else {
@@ -195,18 +183,19 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
     }
     constexpr int smem = SmemLayout<E>::bwd_bytes;
     set_smem(supcon_bwd_tile_kernel<E>, smem, "supcon_bwd");
-    supcon_bwd_tile_kernel<E><<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), E::NT, smem,
-                                c10::cuda::getCurrentCUDAStream()>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(supcon_bwd_tile_kernel<E>, kernel_name<E>("supcon_bwd_tile_kernel"),
+           dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), dim3(E::NT), smem, E::NT, p);
     if (splits != 1) grad = part.sum(0).to(z.scalar_type());  // fixed-order reduction over splits
   });
   return grad;
 }
 
-}  // namespace cuda
+}  // namespace SUPCON_CUDA_NS
 }  // namespace supcon_fast
 
+#ifndef SUPCON_EMULATION
 TORCH_LIBRARY_IMPL(supcon_fast, CUDA, m) {
   m.impl("supcon_fwd", &supcon_fast::cuda::supcon_fwd_cuda);
   m.impl("supcon_bwd", &supcon_fast::cuda::supcon_bwd_cuda);
 }
+#endif

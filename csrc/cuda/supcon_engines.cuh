@@ -7,16 +7,13 @@
 //   o_mma / o_flush : out[BM x BK] += H[BM x BN] . Zc[BN x BK], then (row, col, value) to a sink.
 #pragma once
 
-#include <cuda.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <mma.h>
-
 #include <cstdint>
+#include <type_traits>
+
+#include "cuda_compat.cuh"
 
 namespace supcon_fast {
-namespace cuda {
+namespace SUPCON_CUDA_NS {
 
 // ---------------------------------------------------------------------------------------------
 // Small device helpers
@@ -55,6 +52,7 @@ struct TcEngine {
   using raw_t = uint16_t;  // smem / global copies move raw 16-bit words
   using st_t = float;      // S, statistics, epilogue math
   using h_t = T;           // H tile (A operand of the second GEMM)
+  static constexpr const char* kName = std::is_same<T, __half>::value ? "fp16" : "bf16";
   static constexpr int BM = 128, BN = 64, BK = 128, NT = 256;
   static constexpr int LDK = BK + 8;  // halves; keeps fragment pointers 32-byte aligned, spreads banks
   static constexpr int LDS = BN + 4;  // floats
@@ -170,6 +168,7 @@ struct SimtEngine {
   using raw_t = T;
   using st_t = T;
   using h_t = T;
+  static constexpr const char* kName = sizeof(T) == 4 ? "fp32" : "fp64";
   static constexpr int BM = 64, BN = 64, BK = sizeof(T) == 4 ? 64 : 32, NT = 256;
   static constexpr int LDK = BK + 1, LDS = BN + 1, LDH = BN + 1;
   static constexpr int OJ = BK / 16;
@@ -276,5 +275,5 @@ __device__ __forceinline__ void load_tile(typename E::raw_t* __restrict__ dst, c
   }
 }
 
-}  // namespace cuda
+}  // namespace SUPCON_CUDA_NS
 }  // namespace supcon_fast

@@ -17,7 +17,7 @@
 #include "supcon_engines.cuh"
 
 namespace supcon_fast {
-namespace cuda {
+namespace SUPCON_CUDA_NS {
 
 // ---------------------------------------------------------------------------------------------
 // Forward: rows = anchors (global offset + i), columns = all N rows; grid (row blocks, splits).
@@ -44,12 +44,12 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   constexpr int BM = E::BM, BN = E::BN, BK = E::BK, NT = E::NT;
   constexpr int TPR = NT / BM;  // threads per row in the epilogue (2 or 4), adjacent lanes
   static_assert(NT % BM == 0 && (TPR == 2 || TPR == 4), "epilogue thread mapping");
-  extern __shared__ __align__(128) unsigned char smem[];
+  SUPCON_DYNAMIC_SHARED(unsigned char, smem);
   raw_t* Zr = reinterpret_cast<raw_t*>(smem);
   raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::kZr);
   st_t* S = reinterpret_cast<st_t*>(smem + L::kZr + L::kZc);
-  __shared__ int64_t rs_lab[BM];
-  __shared__ int64_t cs_lab[BN];
+  SUPCON_SHARED(int64_t, rs_lab, BM);
+  SUPCON_SHARED(int64_t, cs_lab, BN);
 
   const st_t NEG_INF = dev_neg_inf(st_t());
   const int tid = threadIdx.x;
@@ -208,15 +208,19 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
   using h_t = typename E::h_t;
   using L = SmemLayout<E>;
   constexpr int BM = E::BM, BN = E::BN, BK = E::BK, NT = E::NT;
-  extern __shared__ __align__(128) unsigned char smem[];
+  SUPCON_DYNAMIC_SHARED(unsigned char, smem);
   raw_t* Zr = reinterpret_cast<raw_t*>(smem);
   raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::kZr);
   st_t* S = reinterpret_cast<st_t*>(smem + L::kZr + L::kZc);
   h_t* H = reinterpret_cast<h_t*>(smem + L::kZr + L::kZc + L::kS);
-  __shared__ st_t rs_g[BM], rs_lse[BM], rs_aux[BM];
-  __shared__ int64_t rs_lab[BM];
-  __shared__ st_t cs_g[BN], cs_lse[BN], cs_aux[BN];
-  __shared__ int64_t cs_lab[BN];
+  SUPCON_SHARED(st_t, rs_g, BM);
+  SUPCON_SHARED(st_t, rs_lse, BM);
+  SUPCON_SHARED(st_t, rs_aux, BM);
+  SUPCON_SHARED(int64_t, rs_lab, BM);
+  SUPCON_SHARED(st_t, cs_g, BN);
+  SUPCON_SHARED(st_t, cs_lse, BN);
+  SUPCON_SHARED(st_t, cs_aux, BN);
+  SUPCON_SHARED(int64_t, cs_lab, BN);
 
   const int tid = threadIdx.x;
   const int64_t r0 = (int64_t)blockIdx.x * BM;  // rows [r0, r0 + rows_valid) of z
@@ -352,5 +356,5 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
   }
 }
 
-}  // namespace cuda
+}  // namespace SUPCON_CUDA_NS
 }  // namespace supcon_fast

@@ -1,0 +1,134 @@
+"""supcon_fast.testing.cuda_emulation: the session, its launch records, the arch the host planning
+sees, and errors. (The kernels' results under emulation: tests/test_ops_cuda.py and test_ops.py.)"""
+import pytest
+import torch
+
+from supcon_fast import ops, supcon_loss
+from supcon_fast.testing import ARCHS, cuda_emulation
+
+pytestmark = pytest.mark.skipif(not ops.available(), reason="supcon_fast._C not built")
+
+
+def problem(n, dtype, d=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1).to(dtype)
+    return z, torch.randint(0, 10, (n,), generator=g)
+
+
+def fwd_bwd(z, labels, offset=0, m=None):
+    zz = z.clone().requires_grad_()
+    loss = ops.supcon_fwd(zz, labels, offset, z.shape[0] if m is None else m, 0.1, False)[0]
+    loss.sum().backward()
+    return loss.detach(), zz.grad
+
+
+def test_launches_record_every_kernel_with_grid_block_and_shared_memory():
+    z, labels = problem(200, torch.bfloat16)
+    with cuda_emulation() as emu:
+        fwd_bwd(z, labels)
+    assert [r["kernel"] for r in emu.launches] == [
+        "supcon_fwd_tile_kernel<bf16>", "supcon_fwd_finalize_kernel<bf16>", "supcon_bwd_tile_kernel<bf16>"]
+    fwd, fin, bwd = emu.launches
+    # 128-row blocks; the 4 column tiles of 64 split over the grid's y to fill an H200's 132 SMs
+    assert fwd["grid"] == (2, 4, 1) and fwd["block"] == (256, 1, 1)
+    assert fin["grid"] == (1, 1, 1) and fin["block"] == (256, 1, 1) and fin["smem_bytes"] == 0
+    assert bwd["grid"] == (2, 4, 1) and bwd["block"] == (256, 1, 1)
+    # dynamic (Zr, Zc, S[, H] tiles) + static (labels, per-row statistics) shared memory
+    assert fwd["smem_bytes"] == 87040 + 1024 + 512
+    assert bwd["smem_bytes"] == 105472 + 3 * 512 + 1024 + 3 * 256 + 512
+    z32, _ = problem(200, torch.float32)
+    with cuda_emulation() as emu32:
+        ops.supcon_fwd(z32, labels, 0, 200, 0.1, True)
+    assert emu32.launches[0]["kernel"] == "supcon_fwd_tile_kernel<fp32>" and emu32.launches[0]["grid"] == (4, 4, 1)
+
+
+def test_arch_sets_the_sm_count_the_planning_sees():
+    z, labels = problem(2000, torch.bfloat16, d=8)
+    grids = {}
+    for arch in ("sm_80", "sm_90"):
+        with cuda_emulation(arch=arch) as emu:
+            ops.supcon_fwd(z, labels, 0, 2000, 0.1, False)
+        grids[arch] = emu.launches[0]["grid"]
+    # 16 row blocks, 32 column tiles: about two blocks per SM -> 11 splits of 3 tiles (108 SMs), 16 of 2 (132 SMs)
+    assert grids == {"sm_80": (16, 11, 1), "sm_90": (16, 16, 1)}
+
+
+def test_99kb_parts_run_the_forward_and_reject_the_tensor_core_backward():
+    """sm_86 / sm_89 / sm_120 allow 99 KB of shared memory per block; the tensor-core backward needs
+    more, and says so (the host check, before any launch)."""
+    z, labels = problem(100, torch.bfloat16)
+    with cuda_emulation(arch="sm_86"):
+        loss = ops.supcon_fwd(z, labels, 0, 100, 0.1, False)[0]
+        assert torch.isfinite(loss).all()
+        with pytest.raises(RuntimeError, match=r"supcon_bwd \(CUDA emulation\): the kernel needs \d+ bytes of shared"):
+            fwd_bwd(z, labels)
+    z32, _ = problem(100, torch.float32)
+    with cuda_emulation(arch="sm_86"):
+        fwd_bwd(z32, labels)  # the FFMA engines fit
+
+
+def test_results_do_not_depend_on_schedule_poison_or_arch():
+    z, labels = problem(150, torch.float16, d=40)
+    results = []
+    for schedule, poison, arch in [("ascending", 1, "sm_90"), ("descending", 2, "sm_80"), ("shuffled", 1, "sm_100")]:
+        with cuda_emulation(schedule, seed=3, poison=poison, arch=arch):
+            results.append(fwd_bwd(z, labels, 20, 90))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad.view(torch.int16), results[0][1].view(torch.int16))
+
+
+def test_outside_a_session_the_cpu_op_runs():
+    z, labels = problem(90, torch.float32)
+    cpu = fwd_bwd(z, labels)
+    with cuda_emulation() as emu:
+        emulated = fwd_bwd(z, labels)
+    again = fwd_bwd(z, labels)
+    assert len(emu.launches) == 3
+    assert torch.equal(cpu[0], again[0]) and torch.equal(cpu[1], again[1])
+    torch.testing.assert_close(emulated, cpu, rtol=1e-5, atol=1e-6)
+
+
+def test_public_api_and_autograd_under_emulation():
+    g = torch.Generator().manual_seed(1)
+    f = torch.nn.functional.normalize(torch.randn(33, 2, 24, generator=g), dim=-1).requires_grad_()
+    y = torch.randint(0, 4, (33,), generator=g)
+    with cuda_emulation() as emu:
+        loss = supcon_loss(f, y, impl="fused", contrast_mode="one", variant="in")
+        loss.backward()
+    assert {r["kernel"] for r in emu.launches} >= {"supcon_fwd_tile_kernel<fp32>", "supcon_bwd_tile_kernel<fp32>"}
+    f2 = f.detach().clone().requires_grad_()
+    ref = supcon_loss(f2, y, impl="reference", contrast_mode="one", variant="in")
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(f.grad, f2.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(schedule="random"), "schedule"), (dict(poison=3), "poison"), (dict(arch="sm_75"), "arch"),
+    (dict(seed=-1), "seed"),
+])
+def test_bad_arguments_name_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        with cuda_emulation(**kw):
+            pass
+
+
+def test_sessions_do_not_nest_and_end_on_errors():
+    with cuda_emulation():
+        with pytest.raises(RuntimeError, match="nest"):
+            with cuda_emulation():
+                pass
+    with pytest.raises(KeyError):
+        with cuda_emulation():
+            raise KeyError("boom")
+    with cuda_emulation() as emu:  # the failed session ended: a new one starts
+        ops.supcon_fwd(*problem(10, torch.float32), 0, 10, 0.1, False)
+    assert len(emu.launches) == 2
+
+
+def test_every_arch_is_known():
+    assert ARCHS == ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+    for arch in ARCHS:
+        with cuda_emulation(arch=arch) as emu:
+            ops.supcon_fwd(*problem(20, torch.float32), 0, 20, 0.1, False)
+        assert emu.launches

@@ -1,10 +1,13 @@
 """The torchvision loaders behind backend='torchvision' (and 'auto' where DALI is missing)."""
+import os
+
 import numpy as np
 import pytest
 import torch
-from data_fixtures import N_IMAGES, tiny_root  # noqa: F401
+from data_fixtures import (BAD_KINDS, N_IMAGES, tiny_root, write_bad,  # noqa: F401
+                           write_tiny, write_unusual)
 
-from supcon_fast.data import build_eval_loader, build_train_loader, scan
+from supcon_fast.data import build_eval_loader, build_train_loader, folder, scan
 
 
 def _tv_train(root, **kw):
@@ -66,3 +69,67 @@ def test_auto_falls_back_without_dali(tiny_root, monkeypatch):
                           TorchvisionEvalLoader)
     with pytest.raises(ImportError, match="backend"):
         build_train_loader(tiny_root, batch_size=4, backend="dali")
+
+
+def _with_bad(tmp_path, kind, n=11):
+    root = write_tiny(tmp_path / "d", n=n)
+    bad = write_bad(os.path.join(root, "cls1", "zz_bad.jpg"), kind,
+                    like=os.path.join(root, "cls0", "img_000.jpg"))
+    return root, bad
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_train_fallback_names_or_skips_a_bad_file(tmp_path, kind):
+    root, bad = _with_bad(tmp_path, kind)
+    with pytest.raises(ValueError, match="zz_bad.jpg.*make_dataset.py check.*skip_corrupt=True"):
+        list(_tv_train(root, verify="none"))
+    ld = _tv_train(root, verify="none", skip_corrupt=True, seed=2)
+    with pytest.warns(UserWarning, match="skip_corrupt: leaving out.*zz_bad.jpg"):
+        labels = torch.cat([y for _, y in ld])
+    samples = scan(root)
+    assert len(labels) == len(ld) * 4 and list(ld.skipped) == [bad]
+    order = ld.exclusions.apply(folder.train_shard_indices(
+        len(samples), batch_size=4, shard_id=0, num_shards=1, seed=2, epoch=0))
+    assert np.array_equal(labels.numpy(), samples.labels[order])  # the DALI loader's rule
+    sd = ld.state_dict()
+    assert list(sd["excluded"]) == [bad]
+    res = _tv_train(root, verify="none", skip_corrupt=True, seed=2)
+    res.load_state_dict(sd)
+    res.set_epoch(1)
+    ld.set_epoch(1)
+    assert torch.equal(torch.cat([y for _, y in res]), torch.cat([y for _, y in ld]))
+
+
+def test_train_fallback_worker_errors_name_the_file(tmp_path):
+    root, bad = _with_bad(tmp_path, "truncated")
+    with pytest.raises(ValueError, match="zz_bad.jpg"):
+        list(_tv_train(root, num_threads=1))
+    ld = _tv_train(root, num_threads=1, skip_corrupt=True)
+    with pytest.warns(UserWarning, match="zz_bad.jpg"):
+        assert len(list(ld)) == len(ld)
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_eval_fallback_refuses_to_skip(tmp_path, kind):
+    root, bad = _with_bad(tmp_path, kind)
+    kw = dict(batch_size=4, size=32, num_threads=0, backend="torchvision", verify="none")
+    with pytest.raises(ValueError) as e:
+        list(build_eval_loader(root, **kw))
+    assert "zz_bad.jpg" in str(e.value) and "must be complete" in str(e.value)
+    assert "skip_corrupt" not in str(e.value)
+    with pytest.raises(ValueError, match="skip_corrupt"):
+        build_eval_loader(root, skip_corrupt=True, **kw)
+    ev = build_eval_loader(root, drop_corrupt=True, **kw)
+    with pytest.warns(UserWarning, match="drop_corrupt: dropping.*zz_bad.jpg"):
+        assert sum(len(y) for _, y in ev) == 11
+    assert list(ev.skipped) == [bad]
+
+
+def test_fallback_loads_unusual_valid_images(tmp_path):
+    root = write_tiny(tmp_path / "d", n=6)
+    write_unusual(root)
+    (views, labels), = list(_tv_train(root, batch_size=11, verify="full"))
+    assert labels.shape == (11,) and all(torch.isfinite(v).all() for v in views)
+    (x, _), = list(build_eval_loader(root, batch_size=11, size=32, num_threads=0,
+                                     backend="torchvision", verify="full"))
+    assert x.shape == (11, 3, 32, 32) and torch.isfinite(x).all()

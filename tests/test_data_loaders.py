@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from data_fixtures import N_IMAGES, tiny_root, write_tiny  # noqa: F401
+from data_fixtures import (BAD_KINDS, N_IMAGES, tiny_root, write_bad,  # noqa: F401
+                           write_tiny, write_unusual)
 
 pytest.importorskip("nvidia.dali")
 
@@ -195,24 +196,131 @@ def test_bad_arguments_name_the_argument(tiny_root, tmp_path):
         _train(tiny_root, dtype=torch.int32)
 
 
-def test_corrupt_images_are_named(tmp_path):
-    root = write_tiny(tmp_path / "d", n=9)
-    bad = os.path.join(root, "cls0", "zz_bad.jpg")
-    with open(bad, "wb") as f:
-        f.write(b"<html>not an image</html>")
-    with pytest.raises(ValueError, match="zz_bad.jpg"):
+def _with_bad(tmp_path, kind, n=23, name="zz_bad.jpg"):
+    """A tiny folder plus one bad file (see data_fixtures.write_bad) in class 1."""
+    root = write_tiny(tmp_path / "d", n=n)
+    bad = write_bad(os.path.join(root, "cls1", name), kind,
+                    like=os.path.join(root, "cls0", "img_000.jpg"))
+    return root, bad
+
+
+def test_bad_headers_found_before_training(tmp_path):
+    root, bad = _with_bad(tmp_path, "not_image", n=9)
+    with pytest.raises(ValueError, match="zz_bad.jpg.*make_dataset.py check.*skip_corrupt=True"):
         _train(root)
-    with pytest.raises(ValueError, match="zz_bad.jpg"):
-        build_eval_loader(root, batch_size=4, size=SIZE)
-    with pytest.warns(UserWarning, match="skipping 1 corrupt"):
+    with pytest.warns(UserWarning, match="leaving out 1 image.*zz_bad.jpg"):
         ok = _train(root, skip_corrupt=True)
-    assert ok.num_samples == 9 and len(_collect(ok)) == len(ok)
-    # A header-intact but truncated file passes the cheap check and is named when DALI fails.
-    os.remove(bad)
-    trunc = os.path.join(root, "cls1", "zz_trunc.jpg")
-    with open(scan(root).paths[0], "rb") as f, open(trunc, "wb") as g:
-        g.write(f.read()[:200])
-    with pytest.raises(ValueError, match="zz_trunc.jpg"):
-        _collect(_train(root, verify="none", batch_size=10))
-    with pytest.raises(ValueError, match="zz_trunc.jpg"):
+    assert ok.num_samples == 9 and len(_collect(ok)) == len(ok) and list(ok.skipped) == [bad]
+    with pytest.raises(ValueError, match="zz_bad.jpg"):
         _train(root, verify="full")
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_file_mid_epoch_is_named(tmp_path, kind):
+    # verify='none' lets every kind through to the epoch; a truncated file passes 'header' too
+    root, bad = _with_bad(tmp_path, kind)
+    verify = "header" if kind == "truncated" else "none"
+    with pytest.raises(ValueError) as e:
+        _collect(_train(root, verify=verify))
+    msg = str(e.value)
+    assert "zz_bad.jpg" in msg and f"make_dataset.py check {root}" in msg
+    assert "skip_corrupt=True" in msg
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_skip_corrupt_leaves_a_bad_file_out_mid_epoch(tmp_path, kind):
+    root, bad = _with_bad(tmp_path, kind)
+    verify = "header" if kind == "truncated" else "none"
+    ld = _train(root, skip_corrupt=True, verify=verify, policy="none", seed=3)
+    with pytest.warns(UserWarning, match="skip_corrupt: leaving out.*zz_bad.jpg") as rec:
+        got = _collect(ld)
+    assert sum("zz_bad.jpg" in str(w.message) for w in rec) == 1  # named once
+    assert len(got) == len(ld) and all(lab.shape == (4,) for _, lab in got)  # full batches
+    assert list(ld.skipped) == [bad] and list(ld.state_dict()["excluded"]) == [bad]
+    # its place went to the next image in file order; every other position is unchanged
+    samples = scan(root)
+    order = ld.exclusions.apply(ld.epoch_indices())
+    assert samples.paths.index(bad) in ld.epoch_indices()
+    assert np.array_equal(torch.cat([lab for _, lab in got]).numpy(), samples.labels[order])
+    for views, labels in got:
+        assert torch.equal(_pixel_class(views[0]), labels)
+    # the same seed gives the same batches, and a loader that knows the file from epoch 0 gives
+    # in epoch 1 the batches of a fresh one that finds it in epoch 1
+    again = _train(root, skip_corrupt=True, verify=verify, policy="none", seed=3)
+    assert _same(got, _collect(again))
+    fresh = _train(root, skip_corrupt=True, verify=verify, policy="none", seed=3)
+    ld.set_epoch(1)
+    fresh.set_epoch(1)
+    assert _same(_collect(ld), _collect(fresh))
+
+
+@pytest.mark.parametrize("use_dali_checkpoint", [True, False])
+def test_resume_after_a_skip_is_exact(tmp_path, use_dali_checkpoint):
+    root, bad = _with_bad(tmp_path, "truncated")
+    kw = dict(skip_corrupt=True, seed=3, policy="simclr")
+    ref = _train(root, **kw)
+    pos = list(ref.epoch_indices()).index(scan(root).paths.index(bad)) // 4  # the bad batch
+    full = _collect(ref)
+    ref.set_epoch(1)
+    full1 = _collect(ref)
+    src = _train(root, **kw)
+    it = iter(src)
+    for _ in range(pos + 1):  # past the batch that was rebuilt
+        next(it)
+    sd = src.state_dict()
+    assert list(sd["excluded"]) == [bad] and sd["step"] == pos + 1
+    if not use_dali_checkpoint:
+        sd["dali"] = None  # replays the first batches with the file already left out
+    dst = _train(root, **kw)
+    dst.load_state_dict(sd)
+    dst.set_epoch(0)
+    assert _same(_collect(dst), full[pos + 1:]) and list(dst.skipped) == [bad]
+    dst.set_epoch(1)
+    assert _same(_collect(dst), full1)
+
+
+def test_skip_without_dali_checkpointing_and_on_every_shard(tmp_path):
+    root, bad = _with_bad(tmp_path, "truncated")
+    ref = _collect(_train(root, skip_corrupt=True, seed=3))
+    # without DALI checkpoints the pipeline is rebuilt and replayed: the same batches
+    assert _same(_collect(_train(root, skip_corrupt=True, seed=3, checkpointing=False)), ref)
+    shards = [_train(root, skip_corrupt=True, seed=3, shard_id=k, num_shards=2) for k in (0, 1)]
+    assert [len(_collect(s)) for s in shards] == [len(shards[0])] * 2  # same steps on each rank
+    assert bad in {p for s in shards for p in s.skipped}
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_eval_loader_refuses_to_skip_and_says_why(tmp_path, kind):
+    root, bad = _with_bad(tmp_path, kind, n=9)
+    with pytest.raises(ValueError) as e:
+        list(build_eval_loader(root, batch_size=4, size=SIZE, verify="none"))
+    msg = str(e.value)
+    assert "zz_bad.jpg" in msg and "must be complete" in msg and "skip_corrupt" not in msg
+    with pytest.raises(ValueError, match="skip_corrupt: .*must be complete"):
+        build_eval_loader(root, batch_size=4, size=SIZE, skip_corrupt=True)
+    # a training split's features (the trainer's kNN bank under --skip-corrupt) may drop it
+    ev = build_eval_loader(root, batch_size=4, size=SIZE, verify="none", drop_corrupt=True)
+    with pytest.warns(UserWarning, match="drop_corrupt: dropping.*zz_bad.jpg"):
+        ys = torch.cat([y for _, y in ev])
+    assert len(ys) == 9 and list(ev.skipped) == [bad]
+
+
+def test_unusual_valid_images_load(tmp_path):
+    root = write_tiny(tmp_path / "d", n=6)
+    unusual = write_unusual(root)
+    ld = _train(root, batch_size=11, verify="full", policy="simclr")
+    (views, labels), = _collect(ld)
+    assert labels.shape == (11,) and all(torch.isfinite(v).all() for v in views)
+    ev = build_eval_loader(root, batch_size=11, size=SIZE, verify="full")
+    (x, y), = list(ev)
+    assert x.shape == (11, 3, SIZE, SIZE) and torch.isfinite(x).all()
+    assert ld.skipped == {} and len(unusual) == 5
+
+
+def test_a_failure_no_file_explains_is_not_skipped(tmp_path, monkeypatch):
+    from supcon_fast.data import corrupt
+
+    root, _ = _with_bad(tmp_path, "truncated", n=9)
+    monkeypatch.setattr(corrupt, "undecodable", lambda paths: {})  # as if PIL decoded it
+    with pytest.raises(RuntimeError, match="all of which PIL decodes.*no file to name or skip"):
+        _collect(_train(root, skip_corrupt=True))

@@ -51,3 +51,32 @@ def test_eval_loader_covers_each_image_once_across_shards():
     x, y = _data(10)
     got = [l for r in range(3) for _, l in TensorEvalLoader(x, y, batch_size=3, size=8, shard_id=r, num_shards=3)]
     assert sorted(torch.cat(got).tolist()) == sorted(y.tolist())
+
+
+def test_load_folder_reads_unusual_images_and_names_or_skips_bad_ones(tmp_path):
+    import os
+
+    import pytest
+    from data_fixtures import BAD_KINDS, write_bad, write_unusual
+    from PIL import Image
+
+    from supcon_fast.engine.memdata import load_folder
+
+    write_unusual(tmp_path / "odd")
+    with pytest.raises(ValueError, match="one size.*--loader auto"):  # this loader does not resize
+        load_folder(str(tmp_path / "odd"))
+    root = tmp_path / "d"
+    for p in write_unusual(root):  # CMYK, greyscale, PNG named .jpg: at one size they all load
+        with Image.open(p) as im:
+            im.resize((8, 8)).save(p, format=im.format)
+    x, _, _, skipped = load_folder(str(root))
+    assert x.shape == (5, 3, 8, 8) and skipped == {}
+    bad = sorted(write_bad(root / "cls0" / f"zz_{k}.jpg", k, like=root / "cls0" / "u_grey.jpg")
+                 for k in BAD_KINDS)
+    with pytest.raises(ValueError, match="zz_not_image.jpg.*skip_corrupt=True"):
+        load_folder(str(root))
+    with pytest.raises(ValueError, match="zz_not_image.jpg.*must be complete"):
+        load_folder(str(root), skip_corrupt=True, evaluation=True)
+    with pytest.warns(UserWarning, match="skip_corrupt: leaving out"):
+        x, _, _, skipped = load_folder(str(root), skip_corrupt=True)
+    assert x.shape[0] == 5 and sorted(skipped) == [os.fspath(p) for p in bad]

@@ -37,9 +37,14 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
     epoch is padded by wrap-around unless `drop_last`). Per view: random resized crop (`scale`,
     `ratio`), horizontal flip, then `policy` (one of POLICIES). Call `set_epoch(e)` before each
     epoch; `state_dict()`/`load_state_dict()` resume mid-epoch exactly (see loaders.py).
-    Corrupt files (bad header; with verify='full', anything PIL cannot decode) raise a ValueError
-    naming them unless `skip_corrupt`. `backend`: 'dali', 'torchvision' (the baseline), or 'auto'
-    (DALI if it imports, else torchvision with a warning: e.g. a machine without DALI).
+    `backend`: 'dali', 'torchvision' (the baseline), or 'auto' (DALI if it imports, else
+    torchvision with a warning: e.g. a machine without DALI).
+
+    Bad files: `verify` checks them before training: 'header' (8 bytes a file), 'full' (decodes
+    everything: small sets only) or 'none'. A file that fails then or during an epoch (truncated,
+    empty, not an image) raises a ValueError naming it, unless `skip_corrupt`: then it is named in
+    a warning, left out from then on (the next image in file order takes its place: same steps,
+    same batches for the same seed) and listed in the loader's `skipped` and `state_dict()`.
     """
     from .loaders import DaliTrainLoader, load_samples
 
@@ -52,37 +57,51 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
         return TorchvisionTrainLoader(
             root, batch_size=batch_size, n_views=n_views, size=size, policy=policy,
             shard_id=shard_id, num_shards=num_shards, seed=seed, num_threads=num_threads,
-            scale=scale, ratio=ratio, device=device, dtype=dtype, samples=samples)
+            scale=scale, ratio=ratio, device=device, dtype=dtype, samples=samples,
+            skip_corrupt=skip_corrupt)
     return DaliTrainLoader(
         samples, batch_size=batch_size, n_views=n_views, size=size, policy=policy, device=device,
         shard_id=shard_id, num_shards=num_shards, seed=seed, num_threads=num_threads,
         scale=scale, ratio=ratio, dtype=dtype, drop_last=drop_last, checkpointing=checkpointing,
         policy_kwargs=({"randaugment_n": randaugment_n, "randaugment_m": randaugment_m}
                        if policy == "randaugment" else None),
-        prefetch_queue_depth=prefetch_queue_depth)
+        prefetch_queue_depth=prefetch_queue_depth, skip_corrupt=skip_corrupt)
 
 
 def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, num_shards=1,
                       num_threads=2, dtype=torch.float32, resize=None, skip_corrupt=False,
-                      verify="header", backend="auto"):
+                      verify="header", backend="auto", drop_corrupt=False):
     """Eval loader: resize the shorter side to `resize` (default size / 0.875), centre-crop
     `size`, normalize. Yields `(images [B, 3, size, size] channels-last, labels int64 [B])`.
     Shards are contiguous slices: across shards every image is seen exactly once per pass (no
-    padding); the last batch of a shard may be smaller, and shards may differ by one step."""
+    padding); the last batch of a shard may be smaller, and shards may differ by one step.
+
+    The evaluation set must be complete: a file that cannot be read or decoded raises a
+    ValueError naming it, and `skip_corrupt=True` is refused. `drop_corrupt=True` drops such
+    files with a warning: only for features of a *training* split (a kNN bank, a linear probe's
+    fit set, e.g. the trainer's under --skip-corrupt), never for the split a score is reported on.
+    """
+    from . import corrupt
     from .loaders import DaliEvalLoader, load_samples
 
+    if skip_corrupt:
+        raise ValueError("skip_corrupt: the eval loader does not skip files: the evaluation set "
+                         "must be complete (a score over a subset is not comparable). Fix or "
+                         "remove the bad files (`python tools/make_dataset.py check ROOT` lists "
+                         "them); for a training split's features, drop_corrupt=True drops them")
     backend = _pick_backend(backend)
-    samples = load_samples(root, verify=verify, skip_corrupt=skip_corrupt)
+    samples = load_samples(root, verify=verify, skip_corrupt=drop_corrupt,
+                           error=corrupt.eval_error)
     if backend == "torchvision":
         from .torchvision_baseline import TorchvisionEvalLoader
 
         return TorchvisionEvalLoader(root, batch_size=batch_size, size=size, device=device,
                                      shard_id=shard_id, num_shards=num_shards,
                                      num_threads=num_threads, dtype=dtype, resize=resize,
-                                     samples=samples)
+                                     samples=samples, drop_corrupt=drop_corrupt)
     return DaliEvalLoader(samples, batch_size=batch_size, size=size, device=device,
                           shard_id=shard_id, num_shards=num_shards, num_threads=num_threads,
-                          dtype=dtype, resize=resize)
+                          dtype=dtype, resize=resize, drop_corrupt=drop_corrupt)
 
 
 def dali_available():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .corrupt import decode_error
 from .folder import IMG_EXTENSIONS
 
 DEFAULT_DIGITS_ROOT = os.path.join("data", "digits")
@@ -199,8 +200,6 @@ def check_dataset(root) -> list:
     """Fully decode every image under `root` (a split folder or a dataset root with train/ val/)
     and report corrupt or unreadable images, empty classes and stray files. Returns one
     CheckReport per split folder."""
-    from PIL import Image
-
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"root: dataset folder {root!r} does not exist")
@@ -222,11 +221,9 @@ def check_dataset(root) -> list:
                         rep.stray_files.append(p)
                         continue
                     n_cls += 1
-                    try:
-                        with Image.open(p) as im:
-                            im.load()  # full decode: truncated files fail here, not in open()
-                    except Exception as ex:  # PIL raises many types for bad data
-                        rep.corrupt.append((p, f"{type(ex).__name__}: {ex}"))
+                    reason = decode_error(p)  # the loaders' test: they agree with this report
+                    if reason is not None:
+                        rep.corrupt.append((p, reason))
             rep.images += n_cls
             if n_cls == 0:
                 rep.empty_classes.append(e.path)

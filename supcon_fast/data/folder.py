@@ -6,7 +6,7 @@ loaders and the torchvision baseline: both read the same (path, label) list in t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,11 +20,14 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"P5", b"P6", b"II*\x00"
 
 @dataclass(frozen=True)
 class Samples:
-    """A dataset split: parallel lists of file paths and integer labels, plus the class names."""
+    """A dataset split: parallel lists of file paths and integer labels, plus the class names,
+    where they came from (`root`) and the files left out before training ({path: reason})."""
 
     paths: list
     labels: np.ndarray  # int64 [N]
     classes: list
+    root: str | None = None
+    skipped: dict = field(default_factory=dict)
 
     def __len__(self):
         return len(self.paths)
@@ -38,6 +41,16 @@ def has_image_magic(data) -> bool:
     """True if the leading bytes look like an image format we decode."""
     head = bytes(data[:8])
     return any(head.startswith(m) for m in _MAGIC)
+
+
+def header_error(data):
+    """None if `data` (the file's bytes, or at least its first 8) starts like an image, else why
+    not: the reason `skip_corrupt` warnings and error messages give."""
+    if len(data) == 0:
+        return "empty file"
+    if not has_image_magic(data):
+        return f"not an image: starts with {bytes(data[:8])!r}"
+    return None
 
 
 def scan(root) -> Samples:
@@ -68,7 +81,7 @@ def scan(root) -> Samples:
     if not paths:
         raise ValueError(f"root: {root!r} has class folders {classes[:5]}... but no image files "
                          f"(extensions {IMG_EXTENSIONS})")
-    return Samples(paths, np.asarray(labels, dtype=np.int64), classes)
+    return Samples(paths, np.asarray(labels, dtype=np.int64), classes, root)
 
 
 def _scan_file_list(list_path) -> Samples:
@@ -91,23 +104,25 @@ def _scan_file_list(list_path) -> Samples:
     labels = np.asarray(labels, dtype=np.int64)
     if labels.min() < 0:
         raise ValueError(f"root: file list {list_path!r} has negative labels")
-    return Samples(paths, labels, [str(c) for c in range(int(labels.max()) + 1)])
+    return Samples(paths, labels, [str(c) for c in range(int(labels.max()) + 1)], list_path)
 
 
-def find_bad_headers(paths) -> list:
-    """Paths whose first bytes are not an image signature (or that cannot be read at all).
+def find_bad_headers(paths) -> dict:
+    """{path: reason} of the paths whose first bytes are not an image signature (or that cannot
+    be read at all).
 
     Reads 8 bytes per file: cheap enough to run before every training run, unlike a full decode
     (`datasets.check_dataset` does the full decode, for `make_dataset.py check`).
     """
-    bad = []
+    bad = {}
     for p in paths:
         try:
             with open(p, "rb") as f:
-                if not has_image_magic(f.read(8)):
-                    bad.append(p)
-        except OSError:
-            bad.append(p)
+                reason = header_error(f.read(8))
+        except OSError as e:
+            reason = f"{type(e).__name__}: {e.strerror or e}"
+        if reason is not None:
+            bad[p] = reason
     return bad
 
 

@@ -38,17 +38,41 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_TMP = ".tmp"  # suffix of a checkpoint being written; only a complete one is renamed into place
+
+
 def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
-    """Write to ``<path>.tmp`` then ``os.replace``: a crash mid-write never leaves a truncated checkpoint."""
+    """Write to ``<path>.tmp`` then ``os.replace``: a crash mid-write never leaves a truncated checkpoint.
+
+    A failed write removes its temporary file; a killed process leaves it, and the next start
+    (``resolve_resume``) removes it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + _TMP)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def remove_partial(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``*.pt.tmp`` files an interrupted save left in ``out_dir``; returns them.
+
+    Safe at start-up on every rank: no save runs before the first training step, which every rank
+    reaches only after this (the model broadcast and the first all-reduce wait for all of them).
+    """
+    removed = []
+    for p in sorted(Path(out_dir).glob(f"*.pt{_TMP}")) if Path(out_dir).is_dir() else ():
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -59,7 +83,15 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
-    """``None``/'' -> no resume; 'auto' -> <out>/last.pt if it exists (else start fresh); else the given path."""
+    """``None``/'' -> no resume; 'auto' -> <out>/last.pt if it exists (else start fresh); else the given path.
+
+    A temporary file left in ``out_dir`` by a killed save is removed first (it may be incomplete)
+    and is refused when named explicitly; only files renamed into place by ``save_atomic`` load.
+    """
+    if resume and str(resume).endswith(f".pt{_TMP}"):
+        raise ValueError(f"resume: {resume!r} is the temporary file of a checkpoint save that did not "
+                         f"finish (it may be incomplete); resume from the .pt file beside it")
+    remove_partial(out_dir)
     if not resume:
         return None
     if resume == "auto":

@@ -6,7 +6,7 @@ The DALI pipelines of ``supcon_fast.data`` are used where DALI is installed; oth
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,24 @@ class Loaders:
     val: object              # un-augmented val images, this rank's shard
     num_classes: int
     backend: str             # "dali" | "memory" | "synthetic"
+    load_skipped: dict = field(default_factory=dict)  # files left out while loading into memory
+
+    def skipped(self) -> dict:
+        """{path: reason} of the training files left out so far on this rank (--skip-corrupt)."""
+        out = dict(self.load_skipped)
+        for ld in (self.train, self.train_eval):
+            out.update(getattr(ld, "skipped", {}))
+        return out
+
+
+def skipped_files(loaders: Loaders, distributed: bool = False) -> list[str]:
+    """Every training file any rank left out (--skip-corrupt), sorted: the run summary's list."""
+    mine = sorted(loaders.skipped())
+    if not distributed:
+        return mine
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, mine)
+    return sorted(set().union(*every))
 
 
 def _dali():
@@ -77,16 +95,20 @@ def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> 
                       num_threads=cfg["num_threads"])
         tr = dali.build_train_loader(os.path.join(root, "train"), batch_size=per_rank, n_views=cfg["views"],
                                      policy=cfg["policy"], seed=cfg["seed"], scale=(cfg["crop_min_scale"], 1.0),
-                                     **common)
+                                     skip_corrupt=cfg["skip_corrupt"], **common)
         ev = dict(common, resize=eval_resize(cfg))
-        tre = dali.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"], **ev)
+        # train features (kNN bank, linear probe fit set) may drop what training skips; val may not
+        tre = dali.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],
+                                     drop_corrupt=cfg["skip_corrupt"], **ev)
         val = dali.build_eval_loader(os.path.join(root, "val"), batch_size=cfg["eval_batch_size"], **ev)
         num_classes = getattr(tr, "num_classes", None) or len(
             [e for e in os.scandir(os.path.join(root, "train")) if e.is_dir()])
         return Loaders(tr, tre, val, num_classes, "dali")
-    x_tr, y_tr, _ = memdata.load_folder(os.path.join(root, "train"))
-    x_va, y_va, _ = memdata.load_folder(os.path.join(root, "val"))
-    return _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device)
+    x_tr, y_tr, _, skipped = memdata.load_folder(os.path.join(root, "train"), skip_corrupt=cfg["skip_corrupt"])
+    x_va, y_va, _, _ = memdata.load_folder(os.path.join(root, "val"), evaluation=True)
+    loaders = _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device)
+    loaders.load_skipped = skipped
+    return loaders
 
 
 def _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device) -> Loaders:

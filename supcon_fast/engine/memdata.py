@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -23,23 +24,48 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 _EXT = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def load_folder(root: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """root/<class>/<image> -> (images uint8 [N, 3, H, W], labels int64 [N], class names). Same size images."""
+def load_folder(root: str, *, skip_corrupt: bool = False, evaluation: bool = False):
+    """root/<class>/<image> -> (images uint8 [N, 3, H, W], labels int64 [N], class names, skipped).
+
+    Images must share one size (this loader is for small uniform sets). A file PIL cannot decode
+    raises a ValueError naming it, or with ``skip_corrupt`` is left out with a warning and listed in
+    ``skipped`` ({path: reason}). ``evaluation``: the split is scored, so it must be complete.
+    """
     from PIL import Image
+
+    from ..data import corrupt
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data: image folder {root!r} does not exist")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    imgs, labels = [], []
+    imgs, labels, paths, skipped = [], [], [], {}
     for c, name in enumerate(classes):
         for fn in sorted(os.listdir(os.path.join(root, name))):
             if fn.lower().endswith(_EXT):
-                with Image.open(os.path.join(root, name, fn)) as im:
-                    imgs.append(np.asarray(im.convert("RGB")))
+                path = os.path.join(root, name, fn)
+                try:
+                    with Image.open(path) as im:
+                        imgs.append(np.asarray(im.convert("RGB")))
+                except Exception as e:  # PIL raises many types for bad data
+                    bad = {path: f"{type(e).__name__}: {e}"}
+                    if evaluation or not skip_corrupt:
+                        error = corrupt.eval_error if evaluation else corrupt.train_error
+                        raise ValueError(error(bad, root)) from e
+                    warnings.warn(f"skip_corrupt: leaving out {path!r} ({bad[path]})")
+                    skipped.update(bad)
+                    continue
                 labels.append(c)
+                paths.append(path)
     if not imgs:
         raise ValueError(f"data: no images under {root!r} (expected root/<class>/<image>)")
+    sizes = {a.shape for a in imgs}
+    if len(sizes) > 1:
+        k = next(i for i, a in enumerate(imgs) if a.shape != imgs[0].shape)
+        raise ValueError(f"data: the in-memory loader needs images of one size, but {root!r} has "
+                         f"{len(sizes)} ({paths[0]!r} is {imgs[0].shape[:2]}, {paths[k]!r} is "
+                         f"{imgs[k].shape[:2]}); use --loader auto (DALI or torchvision), which "
+                         f"crops and resizes each image")
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.int64), classes
+    return x, torch.tensor(labels, dtype=torch.int64), classes, skipped
 
 
 def digits_in_memory(size: int = 32, val_fraction: float = 0.2, seed: int = 0):

@@ -123,7 +123,7 @@ def anchor_block_terms(z, y, offset, num_anchors, *, temperature, variant, fused
 
     z: [N, dim]; y: [N] int64. Returns (L [M] fp32 (fp64 for fp64 z), npos [M] int64). The fused op
     never materializes [M, N]; ``fused=False`` does (supcon_fast.reference). Used by the global-batch
-    path and by the step profiler's contrast-set emulation.
+    path and by the step profiler's stand-in contrast set.
     """
     if fused:
         per_anchor, _, _, npos = ops.supcon_fwd(z.contiguous(), y.contiguous(), offset, num_anchors,

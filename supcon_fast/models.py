@@ -95,7 +95,11 @@ def projection_head(kind: str, in_dim: int, feat_dim: int = 128) -> nn.Module:
 
 
 class SupConModel(nn.Module):
-    """Encoder + projection head. forward: images [B, 3, H, W] -> L2-normalized embeddings [B, feat_dim]."""
+    """Encoder + projection head. forward: images [B, 3, H, W] -> projections [B, feat_dim], not normalized.
+
+    The projection comes out in whatever dtype autocast gives it; the trainer L2-normalizes it in fp32
+    and casts it to the loss dtype in one place (``supcon_fast.engine.precision.loss_features``).
+    """
 
     def __init__(self, encoder: nn.Module, head: str = "mlp", feat_dim: int = 128):
         super().__init__()
@@ -103,8 +107,7 @@ class SupConModel(nn.Module):
         self.head = projection_head(head, encoder.out_dim, feat_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalize in fp32: under bf16 autocast the norm of a 128-d vector loses digits the loss needs
-        return F.normalize(self.head(self.encoder(x)).float(), dim=1)
+        return self.head(self.encoder(x))
 
 
 class CEModel(nn.Module):

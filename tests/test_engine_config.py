@@ -57,11 +57,33 @@ def test_bad_yaml_key_and_type(tmp_path):
         config.resolve(["--config", str(p)])
 
 
+def test_loss_dtype_option(tmp_path):
+    """--loss-dtype: default auto, explicit values and torch's names (what a run's config.yaml records)
+    load; a bad value, or a low-precision dtype for the fp32 cross-entropy loss, names loss_dtype."""
+    assert config.resolve([])["loss_dtype"] == "auto"
+    assert config.resolve(["--loss-dtype", "bf16"])["loss_dtype"] == "bf16"
+    p = tmp_path / "run.yaml"
+    p.write_text("loss_dtype: bfloat16\n")
+    assert config.resolve(["--config", str(p)])["loss_dtype"] == "bfloat16"
+    for bad in ("bf17", "float64"):
+        p.write_text(f"loss_dtype: {bad}\n")
+        with pytest.raises(ValueError, match="loss_dtype"):
+            config.resolve(["--config", str(p)])
+    with pytest.raises(ValueError, match="loss_dtype"):
+        config.resolve(["--loss", "ce", "--loss-dtype", "bf16"])
+    assert config.resolve(["--loss", "ce", "--amp", "bf16"])["loss_dtype"] == "auto"
+    for preset in ("demo", "cifar", "imagenet_resnet50", "imagenet_resnet200"):
+        assert config.load_yaml(preset)["loss_dtype"] == "auto"
+
+
 def test_cli_errors_are_clear(tmp_path):
     """The tool exits 2 with a message naming the argument, no traceback (bad choice, missing data)."""
     r = subprocess.run([sys.executable, "tools/train.py", "--arch", "resnet19"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--arch" in r.stderr
+    r = subprocess.run([sys.executable, "tools/train.py", "--loss-dtype", "bf17"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--loss-dtype" in r.stderr
     r = subprocess.run([sys.executable, "tools/train.py", "--dataset", "folder", "--data", str(tmp_path / "missing"),
                         "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr

@@ -1,4 +1,4 @@
-"""Encoders, heads and model wrappers: shapes, depth of each arch, normalization, channels-last."""
+"""Encoders, heads and model wrappers: shapes, depth of each arch, the projection, channels-last."""
 import pytest
 import torch
 from torchvision.models.resnet import Bottleneck
@@ -37,13 +37,17 @@ def test_small_stem_keeps_resolution():
 
 
 @pytest.mark.parametrize("head", ["mlp", "linear"])
-def test_supcon_model_output_is_unit_norm(head):
+def test_supcon_model_outputs_the_projection(head):
+    """The model returns the head's projection, unnormalized: the trainer normalizes it in fp32 and casts
+    it to the loss dtype in one place (engine.precision.loss_features)."""
+    from supcon_fast.engine.precision import loss_features
     m = build_model("resnet18", stem="small", width=8, head=head, feat_dim=16, channels_last=True)
     assert isinstance(m, SupConModel)
     x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     z = m(x)
     assert z.shape == (4, 16)
-    torch.testing.assert_close(z.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(z, m.head(m.encoder(x)))
+    torch.testing.assert_close(loss_features(z, torch.float32).norm(dim=1), torch.ones(4))
     assert m.encoder.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     if head == "mlp":
         assert [l.out_features for l in m.head if isinstance(l, torch.nn.Linear)] == [64, 16]

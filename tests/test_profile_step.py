@@ -1,4 +1,4 @@
-"""The step profiler: phases add up to the step, the JSON has its keys, the contrast emulation works."""
+"""The step profiler: phases add up to the step, the JSON has its keys, the stand-in contrast set works."""
 import json
 
 import pytest
@@ -33,6 +33,7 @@ def test_json_schema_table_and_plot(result, tmp_path):
     assert 0 < result["loss_share"] < 1
     assert result["ce_same_views"]["views"] == 2 and result["ce_same_images"]["views"] == 1
     assert result["config"]["contrast_n"] == 40
+    assert result["config"]["loss_dtype"] == result["supcon"]["loss_dtype"] == "float32"   # amp fp32, loss auto
     json.dumps(result)
     table = profile.markdown(result)
     assert "| **step** |" in table and "| loss |" in table
@@ -41,11 +42,11 @@ def test_json_schema_table_and_plot(result, tmp_path):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_contrast_emulation_matches_the_loss_of_the_whole_set(fused):
+def test_stand_in_contrast_set_matches_the_loss_of_the_whole_set(fused):
     """With stand-ins, the local anchors' loss equals the anchor-block loss computed directly."""
     from supcon_fast.loss import anchor_block_terms
     from supcon_fast.reference import flatten_views
-    crit = profile.emulated_contrast_criterion({"temperature": 0.1, "impl": "auto" if fused else "reference"},
+    crit = profile.stand_in_contrast_criterion({"temperature": 0.1, "impl": "auto" if fused else "reference"},
                                                30, num_classes=3, device="cpu")
     f = torch.nn.functional.normalize(torch.randn(5, 2, 8, dtype=torch.float64), dim=-1)
     y = torch.randint(0, 3, (5,))
@@ -57,4 +58,4 @@ def test_contrast_emulation_matches_the_loss_of_the_whole_set(fused):
     per, npos = anchor_block_terms(z, torch.cat([y.repeat(2), oy]), 0, 10, temperature=0.1, variant="out", fused=False)
     assert loss.item() == pytest.approx((per.sum() / (npos > 0).sum()).item(), rel=1e-6)
     with pytest.raises(ValueError, match="contrast_n"):
-        profile.emulated_contrast_criterion({}, 4, 3, "cpu")(f, y)
+        profile.stand_in_contrast_criterion({}, 4, 3, "cpu")(f, y)

@@ -1,6 +1,7 @@
 """Stop by SIGTERM mid-epoch, resume with --resume auto: the same weights as a run never stopped (bitwise)."""
 import os
 import signal
+import warnings
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ def tiny_cfg(data, out, loader, **kw):
             "--linear-epochs", "1", "--knn-every", "1", "--eval-batch-size", "16", "--no-tensorboard",
             "--optimizer", "lars", "--lr", "0.5", "--warmup-epochs", "0.5", "--log-every", "1"]
     for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
+        flag = k.replace('_', '-')
+        argv += [f"--{flag}" if v else f"--no-{flag}"] if isinstance(v, bool) else [f"--{flag}", str(v)]
     return config.resolve(argv)
 
 
@@ -63,3 +65,82 @@ def test_resume_refuses_a_different_model(tmp_path):
         run(tiny_cfg(data, tmp_path / "o", "memory", width=8, resume="auto"))
     with pytest.raises(FileNotFoundError, match="resume"):
         run(tiny_cfg(data, tmp_path / "o2", "memory", resume=str(tmp_path / "missing.pt")))
+
+
+def _with_truncated(root):
+    """The resume folder plus one truncated JPEG (header intact: found only when decoded)."""
+    data = make_tiny_folder(root)
+    src = (data / "train" / "0" / "0.jpg").read_bytes()
+    bad = data / "train" / "1" / "9_truncated.jpg"
+    bad.write_bytes(src[:len(src) // 2])
+    return data, str(bad)
+
+
+def test_skip_corrupt_run_lists_the_file_and_resumes_exactly(tmp_path):
+    from supcon_fast.data import scan
+    from supcon_fast.data.folder import train_shard_indices
+
+    data, bad = _with_truncated(tmp_path / "data")
+    kw = dict(skip_corrupt=True, knn_every=0)
+    with pytest.raises(ValueError, match="9_truncated.jpg.*--skip-corrupt"):
+        run(tiny_cfg(data, tmp_path / "plain", "dali", knn_every=0))
+    with pytest.warns(UserWarning, match="9_truncated.jpg"):
+        full = run(tiny_cfg(data, tmp_path / "full", "dali", **kw))
+    assert full["status"] == "done" and full["skipped_files"] == [bad]
+
+    # stop right after the batch rebuilt without the file, then resume
+    samples = scan(data / "train")
+    order = train_shard_indices(len(samples), batch_size=8, shard_id=0, num_shards=1, seed=0, epoch=0)
+    stop_at = list(order).index(samples.paths.index(bad)) // 8 + 1
+
+    def hook(step, loss):
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.warns(UserWarning, match="9_truncated.jpg"):
+        part = run(tiny_cfg(data, tmp_path / "resumed", "dali", **kw), on_step=hook)
+    assert part["status"] == "interrupted" and part["skipped_files"] == [bad]
+    ck = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert list(ck["loader"][0]["excluded"]) == [bad]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        resumed = run(tiny_cfg(data, tmp_path / "resumed", "dali", resume="auto", **kw))
+    assert resumed["status"] == "done" and resumed["skipped_files"] == [bad]
+    assert not [w for w in seen if "skip_corrupt: leaving out" in str(w.message)]  # restored, not re-found
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert resumed["linear_top1"] == full["linear_top1"]
+
+    # a stop at the end of an epoch keeps the list too
+    with pytest.warns(UserWarning, match="9_truncated.jpg"):
+        run(tiny_cfg(data, tmp_path / "edge", "dali", max_steps=4, linear_epochs=0, **kw))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        edge = run(tiny_cfg(data, tmp_path / "edge", "dali", max_steps=5, linear_epochs=0, resume="auto", **kw))
+    assert edge["skipped_files"] == [bad]
+    assert not [w for w in seen if "skip_corrupt: leaving out" in str(w.message)]
+
+
+def test_memory_loader_skips_or_names_a_bad_file(tmp_path):
+    data, bad = _with_truncated(tmp_path / "data")
+    with pytest.raises(ValueError, match="9_truncated.jpg.*--skip-corrupt"):
+        run(tiny_cfg(data, tmp_path / "a", "memory", max_steps=1, linear_epochs=0, knn_every=0))
+    with pytest.warns(UserWarning, match="9_truncated.jpg"):
+        res = run(tiny_cfg(data, tmp_path / "b", "memory", max_steps=1, linear_epochs=0, knn_every=0,
+                           skip_corrupt=True))
+    assert res["skipped_files"] == [bad]
+
+
+def test_leftover_temporary_checkpoint_is_removed_never_loaded(tmp_path):
+    data = make_tiny_folder(tmp_path / "data")
+    out = tmp_path / "o"
+    run(tiny_cfg(data, out, "memory", max_steps=1, linear_epochs=0, knn_every=0))
+    (out / "last.pt.tmp").write_bytes(b"half a checkpoint")   # a save killed mid-write
+    (out / "best.pt.tmp").write_bytes(b"")
+    with pytest.raises(ValueError, match="resume: .*last.pt.tmp.*did not finish"):
+        run(tiny_cfg(data, out, "memory", resume=str(out / "last.pt.tmp")))
+    res = run(tiny_cfg(data, out, "memory", max_steps=2, linear_epochs=0, knn_every=0, resume="auto"))
+    assert res["status"] == "done" and res["steps"] == 2           # resumed from last.pt (step 1)
+    assert not list(out.glob("*.tmp"))

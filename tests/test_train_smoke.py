@@ -64,6 +64,7 @@ def test_each_loss_end_to_end(tiny_data, tmp_path, loss):
     ck = torch.load(out / "last.pt", weights_only=True)
     assert {"model", "optimizer", "step", "epoch", "rng", "config"} <= set(ck)
     assert ck["step"] == 2 and ck["config"]["loss"] == loss
+    assert res["loss_dtype"] == ck["config"]["loss_dtype"] == "float32"    # no mixed precision on CPU by default
 
 
 def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path, monkeypatch):
@@ -125,14 +126,27 @@ def test_standalone_linear_eval_on_a_checkpoint(tiny_data, tmp_path, capsys):
     assert tool.main([str(tmp_path / "nope.pt")]) == 2  # a clear error, not a traceback
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_paths(tiny_data, tmp_path, amp):
-    """bf16 autocast, and fp16 with a GradScaler whose state is checkpointed (CPU autocast here)."""
+@pytest.mark.parametrize("amp,loss_dtype", [("bf16", "bfloat16"), ("fp16", "float16")])
+def test_mixed_precision_paths(tiny_data, tmp_path, amp, loss_dtype, monkeypatch):
+    """bf16 autocast, and fp16 with a GradScaler whose state is checkpointed (CPU autocast here). The loss
+    takes the autocast dtype (--loss-dtype auto): the op receives it, and the resolved config, the
+    checkpoint and the final JSON record it as torch names it."""
+    from supcon_fast import ops
+    seen, real = [], ops.supcon_fwd
+    monkeypatch.setattr(ops, "supcon_fwd", lambda z, *a: seen.append(z.dtype) or real(z, *a))
     res = run(config.resolve(tiny_argv(tiny_data, tmp_path, amp=amp, max_steps=2, linear_epochs=1, knn_every=0)))
     assert res["status"] == "done" and res["steps"] == 2
     ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert (ck["scaler"] is not None) == (amp == "fp16")
     assert all(v.dtype != torch.float16 for v in ck["model"].values())   # weights stay fp32
+    if ops.has_kernel("cpu"):
+        assert seen and {str(d) for d in seen} == {f"torch.{loss_dtype}"}
+    assert res["loss_dtype"] == loss_dtype and json.loads(json.dumps(res))["loss_dtype"] == loss_dtype
+    assert ck["config"]["loss_dtype"] == loss_dtype
+    saved = config.resolve(["--config", str(tmp_path / "config.yaml")])    # the record loads back as is
+    assert saved["loss_dtype"] == loss_dtype
+    summary = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    assert summary["kind"] == "summary" and summary["loss_dtype"] == loss_dtype
 
 
 def test_synthetic_source_for_profiling(tmp_path):

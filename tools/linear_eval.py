@@ -18,7 +18,8 @@ from supcon_fast.engine import checkpoint, config  # noqa: E402
 from supcon_fast.engine.data import build_loaders  # noqa: E402
 from supcon_fast.engine.linear_eval import linear_eval  # noqa: E402
 from supcon_fast.engine.pretrain import build_pretrain_model  # noqa: E402
-from supcon_fast.engine.runtime import amp_dtype, setup, teardown  # noqa: E402
+from supcon_fast.engine.precision import amp_dtype  # noqa: E402
+from supcon_fast.engine.runtime import setup, teardown  # noqa: E402
 
 
 def main(argv=None) -> int:

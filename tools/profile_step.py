@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from supcon_fast.engine import profile  # noqa: E402
+from supcon_fast.engine.precision import LOSS_DTYPE_CHOICES  # noqa: E402
 
 
 def main(argv=None):
@@ -30,6 +31,8 @@ def main(argv=None):
     p.add_argument("--synthetic", action="store_true", help="on-device synthetic images (the default without --data)")
     p.add_argument("--data", default=None, help="an image folder split: time the real DALI loader")
     p.add_argument("--amp", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--loss-dtype", default="auto", choices=list(LOSS_DTYPE_CHOICES),
+                   help="SupCon loss input dtype, as the trainer's --loss-dtype (auto: the --amp dtype, else fp32)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--loss-impl", default="fused", choices=["fused", "reference"])
     p.add_argument("--contrast-n", type=int, default=None, help="contrast the local views against N views")
@@ -50,9 +53,9 @@ def main(argv=None):
             return build_train_loader(a.data, batch_size=batch_size, n_views=views, size=a.image_size, device=a.device)
     result = profile.profile(arch=a.arch, image_size=a.image_size, batch_size=a.batch_size, views=a.views,
                              steps=a.steps, warmup=a.warmup, device=a.device, amp=a.amp,
-                             channels_last=a.channels_last, loss_impl=a.loss_impl, contrast_n=a.contrast_n,
-                             stem=a.stem or ("small" if a.image_size < 64 else "imagenet"), width=a.width,
-                             num_classes=a.num_classes, trace_dir=a.trace, loader_factory=factory,
+                             loss_dtype=a.loss_dtype, channels_last=a.channels_last, loss_impl=a.loss_impl,
+                             contrast_n=a.contrast_n, stem=a.stem or ("small" if a.image_size < 64 else "imagenet"),
+                             width=a.width, num_classes=a.num_classes, trace_dir=a.trace, loader_factory=factory,
                              progress=lambda s: print(s, flush=True))
     base = os.path.splitext(a.json)[0]
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

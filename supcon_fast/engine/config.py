@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..models import ARCHS, HEADS, STEMS
+from .precision import AMP_CHOICES, LOSS_DTYPE_CHOICES, resolve_loss_dtype
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -30,6 +31,8 @@ OPTIONS: dict[str, tuple] = {
                ("auto", "dali", "memory")),
     "crop_min_scale": (0.08, float, "smallest area fraction of the random resized crop", None),
     "num_threads": (2, int, "data-pipeline threads per process", None),
+    "skip_corrupt": (False, bool, "leave out training images that cannot be read or decoded (each named in a "
+                     "warning and listed in the summary) instead of stopping; val must still be complete", None),
     # model
     "arch": ("resnet18", str, "encoder", tuple(ARCHS)),
     "stem": ("small", str, "imagenet: 7x7/2 conv + max-pool; small: 3x3/1 conv (32 px data)", STEMS),
@@ -55,8 +58,12 @@ OPTIONS: dict[str, tuple] = {
     "momentum": (0.9, float, "momentum", None),
     "weight_decay": (1e-4, float, "weight decay (not on BatchNorm and biases)", None),
     "warmup_epochs": (0.5, float, "linear warm-up length in epochs (fractions allowed)", None),
-    "amp": ("auto", str, "auto: bf16 on GPU, fp32 on CPU", ("auto", "bf16", "fp16", "fp32")),
-    "max_nonfinite": (3, int, "stop after this many consecutive non-finite losses (bf16/fp32)", None),
+    "amp": ("auto", str, "autocast of the network; auto: bf16 on GPU, fp32 on CPU", AMP_CHOICES),
+    "loss_dtype": ("auto", str, "dtype of the SupCon/SimCLR loss input (features normalized in fp32, then cast); "
+                   "auto: the autocast dtype under --amp bf16/fp16, else fp32. The resolved config records torch's "
+                   "name (bfloat16, ...), also accepted here. ce: always fp32", LOSS_DTYPE_CHOICES),
+    "max_nonfinite": (3, int, "stop after this many consecutive non-finite losses (without fp16; with it the "
+                      "GradScaler skips overflowing steps)", None),
     # run control
     "out": (None, str, "output folder (default runs/<config>-<time>)", None),
     "resume": (None, str, "'auto' (last.pt in --out if present) or a checkpoint path", None),
@@ -151,6 +158,7 @@ def validate(cfg: dict) -> dict:
             raise ValueError(f"{key}: must be > 0, got {out[key]}")
     if out["base_temperature"] is not None and not out["base_temperature"] > 0:
         raise ValueError(f"base_temperature: must be > 0, got {out['base_temperature']}")
+    resolve_loss_dtype(out["loss_dtype"], None, out["loss"])   # ce takes only auto / fp32: names loss_dtype
     if out["views"] < 2 and out["loss"] != "ce":
         raise ValueError(f"views: contrastive losses need >= 2 views, got {out['views']}")
     if not 0 < out["crop_min_scale"] <= 1:

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .runtime import autocast
+from .precision import autocast
 
 
 def _gather_rows(x: torch.Tensor) -> torch.Tensor:

@@ -14,12 +14,14 @@ def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: flo
 
     supcon / simclr: ``out`` is L2-normalized embeddings [bsz, n_views, dim]; simclr ignores labels.
     ce: ``out`` is logits [bsz * n_views, classes] (every view is a training sample), labels [bsz].
+    The loss runs in the dtype of ``out``: the training step (engine/step.py) chooses it by the one
+    precision policy (engine/precision.py), fp32 for ce.
     ``gather=True`` contrasts against the global batch under torch.distributed (world size > 1).
     """
     if loss == "ce":
         def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             n_views = logits.shape[0] // labels.shape[0]
-            return F.cross_entropy(logits.float(), labels.repeat(n_views))
+            return F.cross_entropy(logits, labels.repeat(n_views))
         return ce
     if loss not in ("supcon", "simclr"):
         raise ValueError(f"loss: unknown {loss!r}; choose supcon, simclr or ce")

@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint as ckpt
+from . import checkpoint as ckpt, precision
 from .features import extract, knn_accuracy
 from .losses import make_criterion
 from .optim import WarmupCosine, build_optimizer
-from .runtime import Runtime, amp_dtype, barrier
+from .runtime import Runtime, barrier
 from .step import TrainStep
 from ..models import build_model
 
@@ -55,7 +55,8 @@ def build_pretrain_model(cfg: dict, num_classes: int, rt: Runtime) -> torch.nn.M
 # a checkpoint cannot load into a different model / optimizer; these keys must match to resume
 _MUST_MATCH = ("arch", "stem", "width", "head", "feat_dim", "loss", "optimizer")
 # these may change, but then the run no longer continues the original one exactly
-_SHOULD_MATCH = ("batch_size", "views", "size", "epochs", "lr", "seed", "data", "temperature", "policy")
+_SHOULD_MATCH = ("batch_size", "views", "size", "epochs", "lr", "seed", "data", "temperature", "policy",
+                 "loss_dtype")
 
 
 def _check_resume_config(saved: dict, cfg: dict, logger) -> None:
@@ -92,8 +93,8 @@ def pretrain(cfg: dict, rt: Runtime, loaders, out_dir: str | Path, logger, *, on
     total = cfg["epochs"] * spe
     scheduler = WarmupCosine(optimizer, total, int(round(cfg["warmup_epochs"] * spe)), peak,
                              cfg["min_lr"] * world_batch / 256)
-    amp = amp_dtype(cfg["amp"], rt.device)
-    scaler = torch.amp.GradScaler(rt.device.type) if amp == torch.float16 else None
+    amp, loss_dtype = precision.resolve(cfg, rt.device)
+    scaler = precision.grad_scaler(amp, loss_dtype, rt.device)
 
     epoch, step, in_epoch, best_knn = 0, 0, 0, -1.0
     resume = ckpt.resolve_resume(cfg["resume"], out_dir)
@@ -108,14 +109,17 @@ def pretrain(cfg: dict, rt: Runtime, loaders, out_dir: str | Path, logger, *, on
         epoch, step, in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         best_knn = state.get("best_knn", -1.0)
         ckpt.set_rng_state(state["rng"])
+        states = state.get("loader") or []
+        own = states[rt.rank] if len(states) == rt.world else None
         if in_epoch:
             # the loader's own state when it has one (DALI restores its readers from it), else replay
-            states = state.get("loader") or []
-            if len(states) == rt.world and states[rt.rank] and hasattr(loaders.train, "load_state_dict"):
-                loaders.train.load_state_dict(states[rt.rank])
+            if own and hasattr(loaders.train, "load_state_dict"):
+                loaders.train.load_state_dict(own)
             else:
                 loaders.train.set_epoch(epoch)
                 loaders.train.skip_batches(in_epoch)
+        elif own and cfg["skip_corrupt"] and hasattr(loaders.train, "exclusions"):
+            loaders.train.exclusions.load(own.get("excluded"))   # files found bad stay out (and listed)
         logger.info(f"resumed from {resume}: epoch {epoch}, step {step} ({in_epoch} into the epoch)")
 
     if rt.distributed:
@@ -125,7 +129,8 @@ def pretrain(cfg: dict, rt: Runtime, loaders, out_dir: str | Path, logger, *, on
         model = torch.compile(model)
     criterion = make_criterion(cfg["loss"], temperature=cfg["temperature"], base_temperature=cfg["base_temperature"],
                                variant=cfg["variant"], impl=cfg["loss_impl"], gather=rt.distributed)
-    train_step = TrainStep(model, criterion, optimizer, scheduler, loss_kind=cfg["loss"], amp=amp, scaler=scaler)
+    train_step = TrainStep(model, criterion, optimizer, scheduler, loss_kind=cfg["loss"], amp=amp,
+                           loss_dtype=loss_dtype, scaler=scaler)
 
     def save(name: str, epoch_: int, in_epoch_: int) -> None:
         """Called on every rank (the loader states of all ranks are collected); rank 0 writes."""
@@ -162,10 +167,11 @@ def pretrain(cfg: dict, rt: Runtime, loaders, out_dir: str | Path, logger, *, on
                 else:
                     nonfinite += 1
                     logger.info(f"step {step}: non-finite loss {loss.item()}, update skipped")
-                    if amp != torch.float16 and nonfinite >= cfg["max_nonfinite"]:
+                    if scaler is None and nonfinite >= cfg["max_nonfinite"]:
                         raise NonFiniteLossError(
                             f"step {step}: {nonfinite} consecutive non-finite losses; stopping. The last good "
-                            f"checkpoint is {out_dir / 'last.pt'} (try a lower --lr or --amp fp32)")
+                            f"checkpoint is {out_dir / 'last.pt'} (try a lower --lr, or --amp fp32 "
+                            f"--loss-dtype fp32)")
                 if on_step is not None:
                     on_step(step, loss)
                 if step % cfg["log_every"] == 0 or step == max_steps:
@@ -204,7 +210,7 @@ def pretrain(cfg: dict, rt: Runtime, loaders, out_dir: str | Path, logger, *, on
                 save("best.pt", epoch, 0)
     logger.close_bar()
     return {"status": status, "model": raw, "step": step, "epoch": epoch, "best_knn": best_knn,
-            "amp": amp, "steps_per_epoch": spe}
+            "amp": amp, "loss_dtype": loss_dtype, "steps_per_epoch": spe}
 
 
 def run_knn(model, loaders, cfg: dict, amp) -> float:

@@ -8,7 +8,7 @@ the real objects. Marks, in the order one step passes them:
 
     data_wait        start .. data ready                    (the real loader, or on-device synthetic data)
     encoder_forward  data ready .. encoder output           (includes zero_grad, the lr update, the cat)
-    head             encoder output .. loss input           (projection head, normalization)
+    head             encoder output .. loss input           (projection head, fp32 normalization, cast)
     loss             loss forward + loss backward           (with the gather under torchrun)
     backward         the rest of backward                   (head and encoder, DDP's all-reduce)
     optimizer        optimizer.step
@@ -33,7 +33,7 @@ from ..reference import flatten_views
 from .losses import make_criterion
 from .memdata import SyntheticLoader
 from .optim import WarmupCosine, build_optimizer
-from .runtime import amp_dtype
+from .precision import amp_dtype, dtype_name, grad_scaler, resolve_loss_dtype
 from .step import TrainStep
 
 PHASES = ("data_wait", "encoder_forward", "head", "loss", "backward", "optimizer")
@@ -73,7 +73,7 @@ def phases_ms(c: Clock) -> dict[str, float]:
     }
 
 
-def emulated_contrast_criterion(criterion_kwargs: dict, contrast_n: int, num_classes: int, device, seed: int = 0):
+def stand_in_contrast_criterion(criterion_kwargs: dict, contrast_n: int, num_classes: int, device, seed: int = 0):
     """A SupCon criterion whose contrast set is the local views plus fixed stand-ins up to ``contrast_n`` views.
 
     Local features [B, V, D] are the anchors (offset 0); the stand-ins, random unit vectors with random
@@ -131,10 +131,14 @@ class _Hooks(contextlib.AbstractContextManager):
 
 
 def profile_config(*, loss: str, arch: str, image_size: int, batch_size: int, views: int, steps: int,
-                   warmup: int, device: torch.device, amp: str = "fp32", channels_last: bool = False,
+                   warmup: int, device: torch.device, amp: str = "fp32", loss_dtype: str = "auto",
+                   channels_last: bool = False,
                    loss_impl: str = "fused", contrast_n: int | None = None, stem: str = "imagenet", width: int = 64,
                    num_classes: int = 1000, optimizer: str = "sgd", loader=None, trace_dir: str | None = None) -> dict:
-    """Profiles ``steps`` training steps (after ``warmup``) of one configuration; medians and spreads in ms."""
+    """Profiles ``steps`` training steps (after ``warmup``) of one configuration; medians and spreads in ms.
+
+    ``amp`` and ``loss_dtype`` resolve as in the trainer (engine/precision.py).
+    """
     torch.manual_seed(0)
     model = build_model(arch, stem=stem, width=width, head="mlp", feat_dim=128, loss=loss,
                         num_classes=num_classes, channels_last=channels_last).to(device)
@@ -142,7 +146,7 @@ def profile_config(*, loss: str, arch: str, image_size: int, batch_size: int, vi
     sched = WarmupCosine(opt, total_steps=warmup + steps, warmup_steps=0, peak=0.1)
     kwargs = dict(temperature=0.1, impl="reference" if loss_impl == "reference" else "auto")
     if loss != "ce" and contrast_n:
-        criterion = emulated_contrast_criterion(kwargs, contrast_n, num_classes, device)
+        criterion = stand_in_contrast_criterion(kwargs, contrast_n, num_classes, device)
     else:
         criterion = make_criterion(loss, **kwargs)
     if loader is None:
@@ -150,11 +154,12 @@ def profile_config(*, loss: str, arch: str, image_size: int, batch_size: int, vi
                                  steps=warmup + steps, device=device, channels_last=channels_last)
     clock = Clock(device)
     amp_t = amp_dtype(amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_t == torch.float16 else None
+    loss_t = resolve_loss_dtype(loss_dtype, amp_t, loss)
+    scaler = grad_scaler(amp_t, loss_t, device)
     records, peak = [], 0
     with _Hooks(clock, model, opt) as hooks:
         step = TrainStep(model, hooks.wrap(criterion), opt, sched, loss_kind="ce" if loss == "ce" else "supcon",
-                         amp=amp_t, scaler=scaler)
+                         amp=amp_t, loss_dtype=loss_t, scaler=scaler)
         it = iter(loader)
         prof = None
         for i in range(warmup + steps):
@@ -188,21 +193,21 @@ def profile_config(*, loss: str, arch: str, image_size: int, batch_size: int, vi
         "phases_ms": {k: statistics.median(r[k] for r in records) for k in PHASES},
         "phases_spread_ms": {k: [min(r[k] for r in records), max(r[k] for r in records)] for k in keys},
         "step_ms": statistics.median(r["step"] for r in records),
-        "steps": len(records), "images": batch_size, "views": views,
+        "steps": len(records), "images": batch_size, "views": views, "loss_dtype": dtype_name(loss_t),
         "peak_mem_bytes": peak if device.type == "cuda" else None,
     }
 
 
 def profile(*, arch="resnet50", image_size=224, batch_size=64, views=2, steps=10, warmup=3, device="cpu",
-            amp="fp32", channels_last=False, loss_impl="fused", contrast_n=None, stem="imagenet", width=64,
-            num_classes=1000, trace_dir=None, loader_factory=None, progress=print) -> dict:
+            amp="fp32", loss_dtype="auto", channels_last=False, loss_impl="fused", contrast_n=None, stem="imagenet",
+            width=64, num_classes=1000, trace_dir=None, loader_factory=None, progress=print) -> dict:
     """SupCon (``views`` views of ``batch_size`` images) against CE on the same images and on the same views."""
     dev = torch.device(device)
     common = dict(arch=arch, image_size=image_size, steps=steps, warmup=warmup, device=dev, amp=amp,
                   channels_last=channels_last, stem=stem, width=width, num_classes=num_classes)
     runs = {
         "supcon": dict(loss="supcon", batch_size=batch_size, views=views, loss_impl=loss_impl, contrast_n=contrast_n,
-                       trace_dir=trace_dir),
+                       loss_dtype=loss_dtype, trace_dir=trace_dir),
         "ce_same_images": dict(loss="ce", batch_size=batch_size, views=1),
         "ce_same_views": dict(loss="ce", batch_size=batch_size, views=views),  # every view is a CE sample
     }
@@ -218,8 +223,8 @@ def profile(*, arch="resnet50", image_size=224, batch_size=64, views=2, steps=10
         "ratio_supcon_over_ce_same_views": sup["step_ms"] / out["ce_same_views"]["step_ms"],
         "loss_share": sup["phases_ms"]["loss"] / sup["step_ms"],
         "config": dict(arch=arch, image_size=image_size, batch_size=batch_size, views=views, steps=steps,
-                       warmup=warmup, amp=amp, channels_last=channels_last, loss_impl=loss_impl,
-                       contrast_n=contrast_n or batch_size * views, stem=stem, width=width,
+                       warmup=warmup, amp=amp, loss_dtype=sup["loss_dtype"], channels_last=channels_last,
+                       loss_impl=loss_impl, contrast_n=contrast_n or batch_size * views, stem=stem, width=width,
                        data="loader" if loader_factory else "synthetic"),
         "device": str(dev), "device_name": machine_info(dev.type).get("gpu" if dev.type == "cuda" else "cpu"),
         "machine": machine_info(dev.type), "torch": torch.__version__, "commit": git_commit(),

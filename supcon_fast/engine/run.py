@@ -9,10 +9,11 @@ import torch
 
 from . import config as config_mod
 from ..provenance import git_commit, utc_now
-from .data import build_loaders
+from .data import build_loaders, skipped_files
 from .linear_eval import linear_eval, topk_accuracy
 from .logger import Logger, plot_curves
 from .pretrain import pretrain
+from .precision import dtype_name, resolve as resolve_precision
 from .runtime import barrier, seed_all, setup, teardown
 
 
@@ -37,6 +38,8 @@ def run(cfg: dict, *, on_step=None) -> dict:
             if rt.distributed:
                 torch.distributed.broadcast_object_list(obj, src=0)
             cfg = {**cfg, "out": obj[0]}
+        # the resolved config records the loss dtype as torch names it ('auto' depends on the device)
+        cfg = {**cfg, "loss_dtype": dtype_name(resolve_precision(cfg, rt.device)[1])}
         out = Path(cfg["out"])
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +52,8 @@ def run(cfg: dict, *, on_step=None) -> dict:
                     f"{len(loaders.train)} steps/epoch) | {cfg['arch']} width {cfg['width']} | loss {cfg['loss']}")
         res = pretrain(cfg, rt, loaders, out, logger, on_step=on_step)
         summary = {"status": res["status"], "out": str(out), "data_backend": loaders.backend,
-                   "device": str(rt.device), "world": rt.world, "steps": res["step"], "epochs": res["epoch"],
+                   "device": str(rt.device), "world": rt.world, "loss_dtype": dtype_name(res["loss_dtype"]),
+                   "steps": res["step"], "epochs": res["epoch"],
                    "best_knn_top1": res["best_knn"] if res["best_knn"] >= 0 else None}
         model = res["model"]
         if res["status"] == "done" and cfg["loss"] == "ce":
@@ -64,6 +68,8 @@ def run(cfg: dict, *, on_step=None) -> dict:
                                        lr=cfg["linear_lr"], batch_size=cfg["linear_batch_size"],
                                        holdout=cfg["linear_holdout"], seed=cfg["seed"], amp=res["amp"],
                                        logger=logger, head_path=out / "linear_head.pt" if rt.is_main else None))
+        if cfg["skip_corrupt"]:  # all ranks: the list is gathered
+            summary["skipped_files"] = skipped_files(loaders, rt.distributed)
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
         summary.update(commit=git_commit(), date=utc_now(), torch=torch.__version__)  # where the result came from
         if rt.is_main:

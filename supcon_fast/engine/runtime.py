@@ -1,7 +1,7 @@
-"""Process setup: device, torch.distributed (from torchrun's environment), seeding, mixed precision."""
+"""Process setup: device, torch.distributed (from torchrun's environment), seeding. (Mixed precision:
+engine/precision.py.)"""
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -61,19 +61,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """'auto' -> bf16 on GPU, none on CPU (CPU autocast is slower than fp32 on most CPUs)."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
-
-
-def autocast(dtype: torch.dtype | None, device: torch.device):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def barrier() -> None:

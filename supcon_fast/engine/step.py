@@ -8,41 +8,52 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .runtime import autocast
+from .precision import autocast, loss_features, no_autocast, resolve_loss_dtype
 
 
 def forward_loss(model, criterion, views: list[torch.Tensor], labels: torch.Tensor, *, loss_kind: str,
-                 amp=None) -> torch.Tensor:
+                 amp=None, loss_dtype: torch.dtype | None = None) -> torch.Tensor:
     """views: n_views tensors [B, 3, S, S]; labels [B] -> scalar fp32 loss.
 
-    The views are concatenated view-major ([V*B, ...]); the model output [V*B, D] is reshaped to the
-    loss's [B, V, D] (``ce`` takes the [V*B, C] logits directly).
+    The views are concatenated view-major ([V*B, ...]) and the model runs under autocast ``amp``. Its
+    output [V*B, D] is L2-normalized in fp32, cast to ``loss_dtype`` (engine/precision.py; None: the
+    'auto' policy) and reshaped to the loss's [B, V, D]; ``ce`` takes the [V*B, C] logits in fp32.
+    The loss runs with autocast off, so it receives exactly ``loss_dtype`` (autocast would recast it).
     """
     n_views, bsz = len(views), labels.shape[0]
+    if loss_dtype is None:
+        loss_dtype = resolve_loss_dtype("auto", amp, loss_kind)
     x = torch.cat(views, 0)
     with autocast(amp, x.device):
         out = model(x)
-    if loss_kind == "ce":
-        return criterion(out, labels)
-    return criterion(out.float().view(n_views, bsz, -1).transpose(0, 1), labels)
+    with no_autocast(x.device):
+        if loss_kind == "ce":
+            return criterion(out.to(loss_dtype), labels).float()
+        z = loss_features(out, loss_dtype)
+        return criterion(z.view(n_views, bsz, -1).transpose(0, 1), labels).float()
 
 
 class TrainStep:
     """Callable ``step(views, labels) -> (loss, ok)``; ``ok`` is False when the step was skipped.
 
-    bf16 / fp32: a non-finite loss skips backward and the update (all ranks agree through one
-    all-reduce). fp16: the GradScaler skips steps whose gradients overflow, as usual.
+    ``amp``: the autocast dtype of the network (None: off); ``loss_dtype``: the dtype of the loss input
+    (None: the 'auto' policy, see engine/precision.py). Without a GradScaler a non-finite loss skips
+    backward and the update (all ranks agree through one all-reduce); with one (fp16 anywhere) the
+    GradScaler skips steps whose gradients overflow, as usual.
     """
 
-    def __init__(self, model, criterion, optimizer, scheduler, *, loss_kind: str, amp=None, scaler=None):
+    def __init__(self, model, criterion, optimizer, scheduler, *, loss_kind: str, amp=None, loss_dtype=None,
+                 scaler=None):
         self.model, self.criterion, self.optimizer, self.scheduler = model, criterion, optimizer, scheduler
         self.loss_kind, self.amp, self.scaler = loss_kind, amp, scaler
+        self.loss_dtype = loss_dtype if loss_dtype is not None else resolve_loss_dtype("auto", amp, loss_kind)
         self.distributed = dist.is_initialized() and dist.get_world_size() > 1
 
     def __call__(self, views, labels) -> tuple[torch.Tensor, bool]:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = forward_loss(self.model, self.criterion, views, labels, loss_kind=self.loss_kind, amp=self.amp)
+        loss = forward_loss(self.model, self.criterion, views, labels, loss_kind=self.loss_kind, amp=self.amp,
+                            loss_dtype=self.loss_dtype)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             scale = self.scaler.get_scale()

@@ -74,6 +74,8 @@ TORCH_LIBRARY(supcon_fast, m) {
       "Tensor npos, int offset, int num_anchors, float temperature, bool variant_in) -> Tensor");
   m.def("emulation_start(str schedule, int seed, int poison, str arch, int sm_count) -> ()", &supcon_fast::emulation_start);
   m.def("emulation_stop() -> str", &supcon_fast::emulation_stop);
+  m.def("cuda_plan(str kernel, int N, int M, int offset, int D, ScalarType dtype, str arch) -> Tensor",
+        &supcon_fast::cuda_emu::plan_blocks);
 }
 
 TORCH_LIBRARY_IMPL(supcon_fast, CPU, m) {

@@ -13,6 +13,7 @@
 
 #include <torch/types.h>
 
+#include <string>
 #include <tuple>
 
 namespace supcon_fast {
@@ -71,6 +72,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const
 at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& labels,
                            const at::Tensor& lse, const at::Tensor& pos_term, const at::Tensor& npos, int64_t offset,
                            int64_t num_anchors, double temperature, bool variant_in);
+at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t offset, int64_t D,
+                       at::ScalarType dtype, const std::string& arch);
 }  // namespace cuda_emu
 
 }  // namespace supcon_fast

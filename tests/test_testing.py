@@ -27,19 +27,22 @@ def test_launches_record_every_kernel_with_grid_block_and_shared_memory():
     with cuda_emulation() as emu:
         fwd_bwd(z, labels)
     assert [r["kernel"] for r in emu.launches] == [
-        "supcon_fwd_tile_kernel<bf16>", "supcon_fwd_finalize_kernel<bf16>", "supcon_bwd_tile_kernel<bf16>"]
+        "supcon_fwd_tile_kernel<bf16, BK=128>", "supcon_fwd_finalize_kernel<bf16, BK=128>",
+        "supcon_bwd_tile_kernel<bf16, BK=128>"]
     fwd, fin, bwd = emu.launches
     # 128-row blocks; the 4 column tiles of 64 split over the grid's y to fill an H200's 132 SMs
     assert fwd["grid"] == (2, 4, 1) and fwd["block"] == (256, 1, 1)
     assert fin["grid"] == (1, 1, 1) and fin["block"] == (256, 1, 1) and fin["smem_bytes"] == 0
-    assert bwd["grid"] == (2, 4, 1) and bwd["block"] == (256, 1, 1)
-    # dynamic (Zr, Zc, S[, H] tiles) + static (labels, per-row statistics) shared memory
-    assert fwd["smem_bytes"] == 87040 + 1024 + 512
-    assert bwd["smem_bytes"] == 105472 + 3 * 512 + 1024 + 3 * 256 + 512
+    # backward: a 1-D grid of (row block, column part) items, here both row blocks cut in 4
+    assert bwd["grid"] == (8, 1, 1) and bwd["block"] == (256, 1, 1)
+    # Zr, Zc, S tiles + labels (forward); + H tile and per-row statistics (backward)
+    assert fwd["smem_bytes"] == 34816 + 17408 + 34816 + 1536
+    assert bwd["smem_bytes"] == 34816 + 17408 + 34816 + 18432 + 1536 + 2304
     z32, _ = problem(200, torch.float32)
     with cuda_emulation() as emu32:
         ops.supcon_fwd(z32, labels, 0, 200, 0.1, True)
-    assert emu32.launches[0]["kernel"] == "supcon_fwd_tile_kernel<fp32>" and emu32.launches[0]["grid"] == (4, 4, 1)
+    assert emu32.launches[0]["kernel"] == "supcon_fwd_tile_kernel<fp32, BK=64>"
+    assert emu32.launches[0]["grid"] == (4, 4, 1)
 
 
 def test_arch_sets_the_sm_count_the_planning_sees():
@@ -51,20 +54,31 @@ def test_arch_sets_the_sm_count_the_planning_sees():
         grids[arch] = emu.launches[0]["grid"]
     # 16 row blocks, 32 column tiles: about two blocks per SM -> 11 splits of 3 tiles (108 SMs), 16 of 2 (132 SMs)
     assert grids == {"sm_80": (16, 11, 1), "sm_90": (16, 16, 1)}
+    with cuda_emulation(sm_count=4) as emu:  # 8 blocks wanted: the 16 row blocks alone are enough
+        ops.supcon_fwd(z, labels, 0, 2000, 0.1, False)
+    assert emu.launches[0]["grid"] == (16, 1, 1) and emu.sm_count == 4
 
 
-def test_99kb_parts_run_the_forward_and_reject_the_tensor_core_backward():
-    """sm_86 / sm_89 / sm_120 allow 99 KB of shared memory per block; the tensor-core backward needs
-    more, and says so (the host check, before any launch)."""
-    z, labels = problem(100, torch.bfloat16)
-    with cuda_emulation(arch="sm_86"):
-        loss = ops.supcon_fwd(z, labels, 0, 100, 0.1, False)[0]
-        assert torch.isfinite(loss).all()
-        with pytest.raises(RuntimeError, match=r"supcon_bwd \(CUDA emulation\): the kernel needs \d+ bytes of shared"):
-            fwd_bwd(z, labels)
-    z32, _ = problem(100, torch.float32)
-    with cuda_emulation(arch="sm_86"):
-        fwd_bwd(z32, labels)  # the FFMA engines fit
+@pytest.mark.parametrize("dtype,bwd_kernel,bwd_smem", [
+    (torch.bfloat16, "supcon_bwd_tile_kernel<bf16, BK=64>", 84736),
+    (torch.float16, "supcon_bwd_tile_kernel<fp16, BK=64>", 84736),
+    (torch.float64, "supcon_bwd_tile_kernel<fp64, BK=16>", 88064),
+    (torch.float32, "supcon_bwd_tile_kernel<fp32, BK=64>", 69120),
+])
+def test_99kb_parts_take_the_compact_backward(dtype, bwd_kernel, bwd_smem):
+    """sm_86 / sm_89 / sm_120 allow 99 KB (101,376 B) of shared memory per block; the tensor-core
+    backward's default layout needs 109,312 B and fp64's 104,448 B, so there the host takes the
+    configuration with the smaller D chunk; on sm_90 the default."""
+    z, labels = problem(100, dtype)
+    for arch in ("sm_86", "sm_89", "sm_120"):
+        with cuda_emulation(arch=arch) as emu:
+            loss, grad = fwd_bwd(z, labels)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad.float()).all()
+        bwd = emu.launches[-1]
+        assert (bwd["kernel"], bwd["smem_bytes"]) == (bwd_kernel, bwd_smem) and bwd_smem <= 101376
+    with cuda_emulation(arch="sm_90") as emu:
+        fwd_bwd(z, labels)
+    assert emu.launches[-1]["kernel"].endswith({torch.float64: "BK=32>", torch.float32: "BK=64>"}.get(dtype, "BK=128>"))
 
 
 def test_results_do_not_depend_on_schedule_poison_or_arch():
@@ -95,7 +109,7 @@ def test_public_api_and_autograd_under_emulation():
     with cuda_emulation() as emu:
         loss = supcon_loss(f, y, impl="fused", contrast_mode="one", variant="in")
         loss.backward()
-    assert {r["kernel"] for r in emu.launches} >= {"supcon_fwd_tile_kernel<fp32>", "supcon_bwd_tile_kernel<fp32>"}
+    assert {r["kernel"] for r in emu.launches} >= {"supcon_fwd_tile_kernel<fp32, BK=64>", "supcon_bwd_tile_kernel<fp32, BK=64>"}
     f2 = f.detach().clone().requires_grad_()
     ref = supcon_loss(f2, y, impl="reference", contrast_mode="one", variant="in")
     ref.backward()
@@ -105,7 +119,7 @@ def test_public_api_and_autograd_under_emulation():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(schedule="random"), "schedule"), (dict(poison=3), "poison"), (dict(arch="sm_75"), "arch"),
-    (dict(seed=-1), "seed"),
+    (dict(seed=-1), "seed"), (dict(sm_count=0), "sm_count"),
 ])
 def test_bad_arguments_name_the_argument(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -18,6 +18,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "../supcon.h"
 #include "device_api.cuh"
@@ -27,44 +28,59 @@ namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
 namespace {
 
+// Tile configurations per dtype: the default, and a compact one (a smaller D chunk) for the backward
+// where the device's opt-in shared memory per block is below what the default needs (99 KB parts:
+// sm_86, sm_89, sm_120). The forward fits 99 KB in its default configuration.
 template <typename scalar_t> struct EngineFor;
-template <> struct EngineFor<at::Half> { using type = TcEngine<__half>; };
-template <> struct EngineFor<at::BFloat16> { using type = TcEngine<__nv_bfloat16>; };
-template <> struct EngineFor<float> { using type = SimtEngine<float>; };
-template <> struct EngineFor<double> { using type = SimtEngine<double>; };
+template <> struct EngineFor<at::Half> { using type = TcEngine<__half>; using compact = TcEngine<__half, 64>; };
+template <> struct EngineFor<at::BFloat16> {
+  using type = TcEngine<__nv_bfloat16>;
+  using compact = TcEngine<__nv_bfloat16, 64>;
+};
+template <> struct EngineFor<float> { using type = SimtEngine<float>; using compact = SimtEngine<float>; };
+template <> struct EngineFor<double> { using type = SimtEngine<double>; using compact = SimtEngine<double, 16>; };
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Column splits so that small row counts still fill the GPU: about two blocks per SM.
-// Returns {splits, tiles_per_split} with no empty split.
-std::pair<int64_t, int64_t> plan_splits(int64_t row_blocks, int64_t col_tiles) {
-  const int64_t target = 2 * static_cast<int64_t>(sm_count());
-  int64_t splits = std::max<int64_t>(1, ceil_div(target, std::max<int64_t>(row_blocks, 1)));
-  splits = std::min<int64_t>({splits, std::max<int64_t>(col_tiles, 1), 65535});
-  const int64_t per = ceil_div(std::max<int64_t>(col_tiles, 1), splits);
-  return {ceil_div(std::max<int64_t>(col_tiles, 1), per), per};
-}
+using plan::ceil_div;
 
 template <class E>
 std::string kernel_name(const char* kernel) {
-  return std::string(kernel) + "<" + E::kName + ">";
+  return std::string(kernel) + "<" + E::kName + ", BK=" + std::to_string(E::BK) + ">";
 }
 
 bool vec_ok(const at::Tensor& z) {
   return z.size(1) % 8 == 0 && reinterpret_cast<std::uintptr_t>(z.data_ptr()) % 16 == 0;
 }
 
+// z_a . (C_{y_a} - z_a) in fp64 for the anchors a = offset .. offset + M - 1, where C_y is the sum of
+// class y's rows: the 'out' positive term times T * npos, as the CPU op computes it. Class sums come
+// from a prefix sum over the rows sorted by label (a stable sort, a scan and binary searches: no
+// atomics, so deterministic, and no data-dependent sizes, so no host synchronization). O(N D) fp64.
+at::Tensor class_sum_dots(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M) {
+  const int64_t D = z.size(1);
+  const auto sorted = labels.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor& keys = std::get<0>(sorted);
+  const at::Tensor z64 = z.to(at::kDouble);
+  // prefix[k] = sum of the first k rows in label order (prefix[0] = 0)
+  const at::Tensor prefix = at::cat({at::zeros({1, D}, z64.options()), z64.index_select(0, std::get<1>(sorted)).cumsum(0)});
+  const at::Tensor ya = labels.narrow(0, offset, M);
+  const at::Tensor lo = at::searchsorted(keys, ya, /*out_int32=*/false, /*right=*/false);
+  const at::Tensor hi = at::searchsorted(keys, ya, /*out_int32=*/false, /*right=*/true);
+  const at::Tensor za = z64.narrow(0, offset, M);
+  const at::Tensor others = prefix.index_select(0, hi) - prefix.index_select(0, lo) - za;  // C_y - z_a
+  return (za * others).sum(1).contiguous();
+}
+
 template <typename scalar_t>
 void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, double temperature,
-                bool variant_in, const at::Tensor& npos, at::Tensor& loss, at::Tensor& lse, at::Tensor& pos) {
+                bool variant_in, at::Tensor& loss, at::Tensor& lse, at::Tensor& pos, at::Tensor& npos) {
   using E = typename EngineFor<scalar_t>::type;
   using st_t = typename E::st_t;
   using raw_t = typename E::raw_t;
   const int64_t N = z.size(0), D = z.size(1);
-  const int64_t row_blocks = ceil_div(M, E::BM);
-  TORCH_CHECK(row_blocks <= INT32_MAX, "supcon_fwd (CUDA): too many anchors: ", M);
-  const auto [splits, per] = plan_splits(row_blocks, ceil_div(N, E::BN));
-  at::Tensor ws = empty_output({splits, M, 4}, lse.options());
+  const plan::FwdPlan fp = plan::plan_fwd(M, N, E::BM, E::BN, sm_count());
+  const int64_t row_blocks = fp.row_blocks, splits = fp.splits;
+  TORCH_CHECK(row_blocks <= INT32_MAX, "supcon_fwd (", kBackend, "): too many anchors: ", M);
+  at::Tensor ws = empty_output({splits * M * static_cast<int64_t>(sizeof(FwdPartial<E>))}, z.options().dtype(at::kByte));
 
   FwdParams<E> p;
   p.z = reinterpret_cast<const raw_t*>(z.data_ptr());
@@ -73,20 +89,83 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
   p.D = D;
   p.offset = offset;
   p.M = M;
-  p.tiles_per_split = per;
+  p.tiles_per_split = fp.tiles_per_split;
   p.inv_t = static_cast<st_t>(1.0 / temperature);
   p.variant_in = variant_in;
   p.vec = vec_ok(z);
-  p.ws = ws.data_ptr<st_t>();
+  p.ws = reinterpret_cast<FwdPartial<E>*>(ws.data_ptr());
 
   constexpr int smem = SmemLayout<E>::fwd_bytes;
   set_smem(supcon_fwd_tile_kernel<E>, smem, "supcon_fwd");
   launch(supcon_fwd_tile_kernel<E>, kernel_name<E>("supcon_fwd_tile_kernel"),
          dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), dim3(E::NT), smem, E::NT, p);
-  launch(supcon_fwd_finalize_kernel<st_t>, kernel_name<E>("supcon_fwd_finalize_kernel"),
-         dim3(static_cast<unsigned>(ceil_div(M, 256))), dim3(256), 0, 0, p.ws, splits, M,
-         static_cast<const int64_t*>(npos.data_ptr<int64_t>()), variant_in, loss.data_ptr<st_t>(),
-         lse.data_ptr<st_t>(), pos.data_ptr<st_t>());
+  at::Tensor pos_dot;
+  if (E::kExactOutPositives && !variant_in) pos_dot = class_sum_dots(z, labels, offset, M);
+  launch(supcon_fwd_finalize_kernel<E>, kernel_name<E>("supcon_fwd_finalize_kernel"),
+         dim3(static_cast<unsigned>(ceil_div(M, 256))), dim3(256), 0, 0, static_cast<const FwdPartial<E>*>(p.ws),
+         splits, M, variant_in, pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr,
+         1.0 / temperature, loss.data_ptr<st_t>(), lse.data_ptr<st_t>(), pos.data_ptr<st_t>(),
+         npos.data_ptr<int64_t>());
+}
+
+// Calls fn(E()) with the backward's tile configuration for a device with `optin` bytes of shared
+// memory per block: the default where it fits, else the compact one.
+template <typename scalar_t, class Fn>
+void with_bwd_engine(int optin, Fn&& fn) {
+  using E = typename EngineFor<scalar_t>::type;
+  using C = typename EngineFor<scalar_t>::compact;
+  if (SmemLayout<E>::bwd_bytes <= optin) fn(E());
+  else fn(C());  // 99 KB parts; set_smem reports a device with even less
+}
+
+struct BwdInputs {
+  const at::Tensor &z, &labels, &g, &lse, &aux, &gmax;
+  int64_t offset, M;
+  double inv_t;
+  bool variant_in;
+};
+
+template <class E>
+void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
+  using st_t = typename E::st_t;
+  const int64_t N = in.z.size(0), D = in.z.size(1);
+  const plan::BwdPlan bp = plan::plan_bwd(N, in.M, in.offset, D, E::BM, E::BN, sm_count(), sizeof(st_t));
+  TORCH_CHECK(bp.blocks <= INT32_MAX, "supcon_bwd (", kBackend, "): too many rows: ", N);
+  const auto st_opts = in.z.options().dtype(in.g.scalar_type());
+  at::Tensor heavy, light;
+  if (bp.heavy_parts > 1) heavy = empty_output({bp.heavy_parts * bp.heavy_count * E::BM, D}, st_opts);
+  if (bp.light_parts > 1) light = empty_output({bp.light_parts * bp.light_count * E::BM, D}, st_opts);
+  BwdParams<E> p;
+  p.z = reinterpret_cast<const typename E::raw_t*>(in.z.data_ptr());
+  p.labels = in.labels.data_ptr<int64_t>();
+  p.N = N;
+  p.D = D;
+  p.offset = in.offset;
+  p.M = in.M;
+  p.plan = bp;
+  p.inv_t = static_cast<st_t>(in.inv_t);
+  p.variant_in = in.variant_in;
+  p.vec = vec_ok(in.z);
+  p.g = in.g.data_ptr<st_t>();
+  p.lse = in.lse.data_ptr<st_t>();
+  p.aux = in.aux.data_ptr<st_t>();
+  p.gmax = in.gmax.data_ptr<float>();
+  p.partial_heavy = heavy.defined() ? heavy.data_ptr<st_t>() : nullptr;
+  p.partial_light = light.defined() ? light.data_ptr<st_t>() : nullptr;
+  p.grad_out = reinterpret_cast<typename E::in_t*>(grad.data_ptr());
+  constexpr int smem = SmemLayout<E>::bwd_bytes;
+  set_smem(supcon_bwd_tile_kernel<E>, smem, "supcon_bwd");
+  launch(supcon_bwd_tile_kernel<E>, kernel_name<E>("supcon_bwd_tile_kernel"),
+         dim3(static_cast<unsigned>(bp.blocks)), dim3(E::NT), smem, E::NT, p);
+  // Rows of cut blocks get the fixed-order sum of their parts: heavy rows are one range [h0, h1),
+  // light rows lie before and after it.
+  const int64_t h0 = bp.heavy_first * E::BM, h1 = std::min(N, (bp.heavy_first + bp.heavy_count) * E::BM);
+  if (heavy.defined()) grad.narrow(0, h0, h1 - h0).copy_(heavy.view({bp.heavy_parts, -1, D}).sum(0).narrow(0, 0, h1 - h0));
+  if (light.defined()) {
+    const at::Tensor sum = light.view({bp.light_parts, -1, D}).sum(0);
+    if (h0 > 0) grad.narrow(0, 0, h0).copy_(sum.narrow(0, 0, h0));
+    if (h1 < N) grad.narrow(0, h1, N - h1).copy_(sum.narrow(0, h0, N - h1));
+  }
 }
 
 }  // namespace
@@ -100,20 +179,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const
   const DeviceGuard guard(z_in.device());
   const int64_t M = num_anchors;
   const auto fopts = z_in.options().dtype(stat_dtype(z_in));
-  at::Tensor loss = at::zeros({M}, fopts);
+  at::Tensor loss = empty_output({M}, fopts);
   at::Tensor lse = empty_output({M}, fopts);
   at::Tensor pos = empty_output({M}, fopts);
   if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong))};
 
   const at::Tensor z = z_in.contiguous();
   const at::Tensor labels = labels_in.contiguous();
-  // npos_i = |{j != a : y_j == y_a}| = (size of a's class) - 1, from the class counts.
-  const auto uniq = at::_unique2(labels, /*sorted=*/false, /*return_inverse=*/true, /*return_counts=*/true);
-  const at::Tensor npos =
-      (std::get<2>(uniq).index_select(0, std::get<1>(uniq).reshape({-1}).narrow(0, offset, M)) - 1).contiguous();
+  // npos comes out of the kernels (they compare every label pair anyway): no host synchronization.
+  at::Tensor npos = empty_output({M}, z_in.options().dtype(at::kLong));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_fwd_cuda", [&] {
-    launch_fwd<scalar_t>(z, labels, offset, M, temperature, variant_in, npos, loss, lse, pos);
+    launch_fwd<scalar_t>(z, labels, offset, M, temperature, variant_in, loss, lse, pos, npos);
   });
   return {loss, lse, pos, npos};
 }
@@ -140,55 +217,54 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
       variant_in ? pos_in.to(st).contiguous()
                  : at::where(has_pos, npos.clamp_min(1).to(st).reciprocal(), at::zeros({}, z.options().dtype(st))).contiguous();
   const at::Tensor gmax = at::amax(g.abs()).to(at::kFloat);  // 0-dim, device; read by the TC kernels
+  // One launch over all N rows; the cut into blocks: supcon_plan.cuh.
 
-  at::Tensor grad;
+  at::Tensor grad = empty_output({N, D}, z.options());
+  const BwdInputs in{z, labels, g, lse, aux, gmax, offset, M, 1.0 / temperature, variant_in};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_bwd_cuda", [&] {
-    using E = typename EngineFor<scalar_t>::type;
-    using st_t = typename E::st_t;
-    // One launch over all N rows (see the kernel): rows holding an anchor walk every column, the
-    // others only the anchor columns. Column splits only when there are too few row blocks.
-    const int64_t row_blocks = ceil_div(N, E::BM);
-    TORCH_CHECK(row_blocks <= INT32_MAX, "supcon_bwd (CUDA): too many rows: ", N);
-    int64_t splits = plan_splits(row_blocks, ceil_div(N, E::BN)).first;
-    // Split mode keeps one [N, D] fp32 (fp64) partial per split, summed in a fixed order afterwards
-    // (deterministic; atomics are not): cap that workspace at 256 MiB (1 split = direct mode).
-    constexpr int64_t kMaxPartBytes = int64_t(256) << 20;
-    const int64_t slice_bytes = std::max<int64_t>(1, N * D * static_cast<int64_t>(sizeof(st_t)));
-    splits = std::max<int64_t>(1, std::min<int64_t>(splits, kMaxPartBytes / slice_bytes));
-    BwdParams<E> p;
-    p.z = reinterpret_cast<const typename E::raw_t*>(z.data_ptr());
-    p.labels = labels.data_ptr<int64_t>();
-    p.N = N;
-    p.D = D;
-    p.offset = offset;
-    p.M = M;
-    p.splits = splits;
-    p.inv_t = static_cast<st_t>(1.0 / temperature);
-    p.variant_in = variant_in;
-    p.vec = vec_ok(z);
-    p.g = g.data_ptr<st_t>();
-    p.lse = lse.data_ptr<st_t>();
-    p.aux = aux.data_ptr<st_t>();
-    p.gmax = gmax.data_ptr<float>();
-    at::Tensor part;
-    if (splits == 1) {
-      // Every grad row is owned by one block and every element written once: no accumulator.
-      grad = empty_output({N, D}, z.options());
-      p.grad_out = reinterpret_cast<typename E::in_t*>(grad.data_ptr());
-      p.grad_part = nullptr;
-    } else {
-      part = at::zeros({splits, N, D}, z.options().dtype(st));
-      p.grad_out = nullptr;
-      p.grad_part = part.data_ptr<st_t>();
-    }
-    constexpr int smem = SmemLayout<E>::bwd_bytes;
-    set_smem(supcon_bwd_tile_kernel<E>, smem, "supcon_bwd");
-    launch(supcon_bwd_tile_kernel<E>, kernel_name<E>("supcon_bwd_tile_kernel"),
-           dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), dim3(E::NT), smem, E::NT, p);
-    if (splits != 1) grad = part.sum(0).to(z.scalar_type());  // fixed-order reduction over splits
+    with_bwd_engine<scalar_t>(smem_optin(), [&](auto engine) { launch_bwd<decltype(engine)>(in, grad); });
   });
   return grad;
 }
+
+#ifdef SUPCON_EMULATION
+// The blocks of a launch as the host plans them for `arch`, in launch order, for the schedule model
+// (supcon_fast/schedule_model.py): [blocks, 3] int64 (row block, column tiles, 1 if the row block
+// holds an anchor). kernel: "fwd" or "bwd".
+at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t offset, int64_t D,
+                       at::ScalarType dtype, const std::string& arch) {
+  TORCH_CHECK_VALUE(kernel == "fwd" || kernel == "bwd", "kernel must be 'fwd' or 'bwd', got '", kernel, "'");
+  TORCH_CHECK_VALUE(N > 0 && M > 0 && offset >= 0 && offset + M <= N && D > 0,
+                    "need 0 < M, 0 <= offset, offset + M <= N and D > 0");
+  supcon_emu::Arch a{};
+  try {
+    a = supcon_emu::find_arch(arch);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+  std::vector<int64_t> rows;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "plan_blocks", [&] {
+    if (kernel == "fwd") {
+      using E = typename EngineFor<scalar_t>::type;
+      const plan::FwdPlan fp = plan::plan_fwd(M, N, E::BM, E::BN, a.sms);
+      const int64_t tiles = ceil_div(N, E::BN);
+      for (int64_t s = 0; s < fp.splits; ++s)
+        for (int64_t rb = 0; rb < fp.row_blocks; ++rb)  // x (row blocks) varies fastest in launch order
+          rows.insert(rows.end(), {rb, std::min(tiles, (s + 1) * fp.tiles_per_split) - s * fp.tiles_per_split, 1});
+      return;
+    }
+    with_bwd_engine<scalar_t>(a.smem_optin, [&](auto engine) {
+      using E = decltype(engine);
+      const plan::BwdPlan bp = plan::plan_bwd(N, M, offset, D, E::BM, E::BN, a.sms, sizeof(typename E::st_t));
+      for (int64_t b = 0; b < bp.blocks; ++b) {
+        const plan::BwdItem it = plan::bwd_item(bp, b);
+        rows.insert(rows.end(), {it.row_block, it.tile_end - it.tile_begin, it.heavy ? 1 : 0});
+      }
+    });
+  });
+  return at::tensor(rows, at::kLong).view({-1, 3});
+}
+#endif
 
 }  // namespace SUPCON_CUDA_NS
 }  // namespace supcon_fast

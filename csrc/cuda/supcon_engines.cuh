@@ -44,20 +44,25 @@ __host__ __device__ constexpr int align128(int bytes) { return (bytes + 127) / 1
 // ---------------------------------------------------------------------------------------------
 // Tensor-core engine (fp16 / bf16 inputs, fp32 accumulation): WMMA 16x16x16 fragments.
 // Block 128 x 64 tile, 8 warps as 4 (rows) x 2 (cols); each warp owns 32 x 32 of S and
-// 32 x 64 of the backward output chunk [BM x BK].
+// 32 x BK/2 of the backward output chunk [BM x BK]. BK (the D chunk): 128, or 64 where a block may
+// have only 99 KB of shared memory (the backward's layout at BK = 128 needs 107 KB).
 // ---------------------------------------------------------------------------------------------
-template <typename T>  // __half or __nv_bfloat16
+template <typename T, int BK_ = 128>  // __half or __nv_bfloat16
 struct TcEngine {
   using in_t = T;
   using raw_t = uint16_t;  // smem / global copies move raw 16-bit words
   using st_t = float;      // S, statistics, epilogue math
   using h_t = T;           // H tile (A operand of the second GEMM)
   static constexpr const char* kName = std::is_same<T, __half>::value ? "fp16" : "bf16";
-  static constexpr int BM = 128, BN = 64, BK = 128, NT = 256;
+  static constexpr int BM = 128, BN = 64, BK = BK_, NT = 256;
+  static constexpr int OJ = BK / 32;  // output fragments per warp along the chunk
+  static_assert(BK % 32 == 0, "two warp columns of 16-wide fragments");
   static constexpr int LDK = BK + 8;  // halves; keeps fragment pointers 32-byte aligned, spreads banks
   static constexpr int LDS = BN + 4;  // floats
   static constexpr int LDH = BN + 8;  // halves
   static constexpr bool kScaleH = true;  // H is scaled into fp16 range (see bwd kernel)
+  // The 'out' positive term: summed in the forward epilogue in fp32 (the half-precision rule allows it).
+  static constexpr bool kExactOutPositives = false;
   // One 8-warp block per SM in the backward: ~210 registers, no spills (a 2-blocks bound spills ~600 B).
   static constexpr int kBwdMinBlocks = 1;
   static constexpr bool kVecLoad = true;
@@ -67,7 +72,7 @@ struct TcEngine {
   using FragBr = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T, nvcuda::wmma::row_major>;
   using FragC = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
   struct SAcc { FragC f[2][2]; };
-  struct OAcc { FragC f[2][4]; };
+  struct OAcc { FragC f[2][OJ]; };
 
   __host__ __device__ static constexpr int kpad(int kw) { return (kw + 15) / 16 * 16; }
   __device__ static int warp_r() { return (threadIdx.x >> 5) >> 1; }
@@ -114,7 +119,7 @@ struct TcEngine {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) nvcuda::wmma::fill_fragment(a.f[i][j], 0.0f);
+      for (int j = 0; j < OJ; ++j) nvcuda::wmma::fill_fragment(a.f[i][j], 0.0f);
   }
   // a += H[BM x BN] . Zc[BN x BK]; output columns >= kp are all past D and skipped.
   __device__ static void o_mma(OAcc& a, const h_t* H, const raw_t* zc, int kp) {
@@ -126,8 +131,8 @@ struct TcEngine {
 #pragma unroll
       for (int i = 0; i < 2; ++i) nvcuda::wmma::load_matrix_sync(fa[i], H + (wr * 32 + i * 16) * LDH + c, LDH);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int col = wc * 64 + j * 16;
+      for (int j = 0; j < OJ; ++j) {
+        const int col = wc * (BK / 2) + j * 16;
         if (col < kp) {  // warp-uniform
           FragBr fb;
           nvcuda::wmma::load_matrix_sync(fb, Zc + c * LDK + col, LDK);
@@ -146,8 +151,8 @@ struct TcEngine {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int col = wc * 64 + j * 16;
+      for (int j = 0; j < OJ; ++j) {
+        const int col = wc * (BK / 2) + j * 16;
         if (col >= kp) continue;  // warp-uniform
         nvcuda::wmma::store_matrix_sync(my, a.f[i][j], 16, nvcuda::wmma::mem_row_major);
         __syncwarp();
@@ -160,19 +165,24 @@ struct TcEngine {
 // ---------------------------------------------------------------------------------------------
 // FFMA engine (fp32 and fp64 inputs): plain fp32 (fp64) FMAs, so the fp32 path keeps full fp32
 // accuracy (no TF32). 64 x 64 tile, 256 threads, 4 x 4 S micro-tile per thread (rows ty + 16 i,
-// cols tx + 16 j: conflict-free smem reads with LDK = BK + 1).
+// cols tx + 16 j: conflict-free smem reads with LDK = BK + 1). BK: 64 (fp32) / 32 (fp64), or 16 for
+// fp64 where a block may have only 99 KB of shared memory.
 // ---------------------------------------------------------------------------------------------
-template <typename T>  // float or double
+template <typename T, int BK_ = sizeof(T) == 4 ? 64 : 32>  // float or double
 struct SimtEngine {
   using in_t = T;
   using raw_t = T;
   using st_t = T;
   using h_t = T;
   static constexpr const char* kName = sizeof(T) == 4 ? "fp32" : "fp64";
-  static constexpr int BM = 64, BN = 64, BK = sizeof(T) == 4 ? 64 : 32, NT = 256;
+  static constexpr int BM = 64, BN = 64, BK = BK_, NT = 256;
+  static_assert(BK % 16 == 0, "16 threads along the chunk");
   static constexpr int LDK = BK + 1, LDS = BN + 1, LDH = BN + 1;
   static constexpr int OJ = BK / 16;
   static constexpr bool kScaleH = false;
+  // The 'out' positive term from fp64 class sums on the host side (as the CPU op): the mean of fp32
+  // logits cancels at large norms and low temperature, and fp32 must stay within 1e-5 of fp64.
+  static constexpr bool kExactOutPositives = true;
   static constexpr int kBwdMinBlocks = 1;
   static constexpr bool kVecLoad = false;
   struct SAcc { T v[4][4]; };
@@ -237,15 +247,26 @@ struct SimtEngine {
   }
 };
 
-// Shared-memory layout of the tiled kernels (dynamic smem), in bytes.
+// Shared-memory layout of the tiled kernels, in bytes: all of it is the launch's dynamic shared
+// memory, so this is the one place that says how much a kernel needs (the host picks a tile
+// configuration by it). Regions: the row and column tiles of z, the S tile, the H tile (backward),
+// the labels of the block's rows and columns, and (backward) the rows' and columns' per-anchor g,
+// lse and aux.
 template <class E>
 struct SmemLayout {
+  using st_t = typename E::st_t;
   static constexpr int kZr = align128(E::BM * E::LDK * (int)sizeof(typename E::raw_t));
   static constexpr int kZc = align128(E::BN * E::LDK * (int)sizeof(typename E::raw_t));
-  static constexpr int kS = align128(E::BM * E::LDS * (int)sizeof(typename E::st_t));
+  static constexpr int kS = align128(E::BM * E::LDS * (int)sizeof(st_t));
   static constexpr int kH = align128(E::BM * E::LDH * (int)sizeof(typename E::h_t));
-  static constexpr int fwd_bytes = kZr + kZc + kS;
-  static constexpr int bwd_bytes = kZr + kZc + kS + kH;
+  static constexpr int kLab = align128((E::BM + E::BN) * (int)sizeof(int64_t));
+  static constexpr int kStats = align128(3 * (E::BM + E::BN) * (int)sizeof(st_t));
+  // offsets
+  static constexpr int zr = 0, zc = kZr, s = kZr + kZc;
+  static constexpr int fwd_lab = s + kS;
+  static constexpr int h = s + kS, bwd_lab = h + kH, bwd_stats = bwd_lab + kLab;
+  static constexpr int fwd_bytes = fwd_lab + kLab;
+  static constexpr int bwd_bytes = bwd_stats + kStats;
 };
 
 // Copies rows [grow0, grow0 + rows_valid) x cols [k0, k0 + kw) of z [*, D] into dst [rows x BK]

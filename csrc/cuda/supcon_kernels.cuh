@@ -15,15 +15,24 @@
 #include <cstdint>
 
 #include "supcon_engines.cuh"
+#include "supcon_plan.cuh"
 
 namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
 
 // ---------------------------------------------------------------------------------------------
 // Forward: rows = anchors (global offset + i), columns = all N rows; grid (row blocks, splits).
-// Writes per (split, anchor) partials ws[4] = (max, sum) of exp(s) over the contrast set, then
-//   'in' : (max, sum) of exp(s) over positives;   'out': (sum of s over positives, unused).
+// Writes one FwdPartial per (split, anchor); the finalize kernel merges the splits. Positives are
+// counted here, from the label pairs the epilogue compares anyway: no host synchronization.
 // ---------------------------------------------------------------------------------------------
+template <class E>
+struct FwdPartial {
+  typename E::st_t m, l;    // (max, sum) of exp(s) over the contrast set of this split
+  typename E::st_t pm, pl;  // 'in': (max, sum) of exp(s) over the positives
+  typename E::st_t ps;      // 'out': sum of s over the positives
+  int64_t npos;             // positives seen
+};
+
 template <class E>
 struct FwdParams {
   const typename E::raw_t* z;
@@ -33,7 +42,7 @@ struct FwdParams {
   typename E::st_t inv_t;
   bool variant_in;
   bool vec;
-  typename E::st_t* ws;  // [splits, M, 4]
+  FwdPartial<E>* ws;  // [splits, M]
 };
 
 template <class E>
@@ -45,11 +54,11 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   constexpr int TPR = NT / BM;  // threads per row in the epilogue (2 or 4), adjacent lanes
   static_assert(NT % BM == 0 && (TPR == 2 || TPR == 4), "epilogue thread mapping");
   SUPCON_DYNAMIC_SHARED(unsigned char, smem);
-  raw_t* Zr = reinterpret_cast<raw_t*>(smem);
-  raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::kZr);
-  st_t* S = reinterpret_cast<st_t*>(smem + L::kZr + L::kZc);
-  SUPCON_SHARED(int64_t, rs_lab, BM);
-  SUPCON_SHARED(int64_t, cs_lab, BN);
+  raw_t* Zr = reinterpret_cast<raw_t*>(smem + L::zr);
+  raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::zc);
+  st_t* S = reinterpret_cast<st_t*>(smem + L::s);
+  int64_t* rs_lab = reinterpret_cast<int64_t*>(smem + L::fwd_lab);  // [BM] labels of the block's rows
+  int64_t* cs_lab = rs_lab + BM;                                     // [BN] labels of the tile's columns
 
   const st_t NEG_INF = dev_neg_inf(st_t());
   const int tid = threadIdx.x;
@@ -65,7 +74,9 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   const int my_r = tid / TPR, my_h = tid % TPR;
   const int64_t my_gr = p.offset + r0 + my_r;  // global row of this thread's anchor
   st_t m = NEG_INF, l = st_t(0);               // all columns j != a
-  st_t pm = NEG_INF, pl = st_t(0);             // 'in': positives;  'out': pm unused, pl = sum of s
+  st_t pm = NEG_INF, pl = st_t(0);             // 'in': positives
+  st_t ps = st_t(0);                           // 'out': sum of s over positives
+  int64_t np = 0;                              // positives
   int zr_chunk = -1;
 
   for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
@@ -98,7 +109,10 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
         if (c0 + c == my_gr) continue;  // the anchor itself
         const st_t s = Srow[c];
         tmax = dev_max(tmax, s);
-        if (p.variant_in && cs_lab[c] == ya) tpmax = dev_max(tpmax, s);
+        if (cs_lab[c] == ya) {
+          ++np;
+          tpmax = dev_max(tpmax, s);
+        }
       }
       const st_t mn = dev_max(m, tmax);
       if (mn != NEG_INF) {
@@ -108,17 +122,16 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
           if (c0 + c == my_gr) continue;
           const st_t s = Srow[c];
           sum += dev_exp(s - mn);
-          if (cs_lab[c] == ya) psum += p.variant_in ? dev_exp(s - pmn) : s;  // pmn finite if a positive is here
+          if (cs_lab[c] == ya) {
+            if (p.variant_in) psum += dev_exp(s - pmn);  // pmn is finite: a positive is here
+            else ps += s;
+          }
         }
         l = l * dev_exp(m - mn) + sum;
         m = mn;
-        if (p.variant_in) {
-          if (pmn != NEG_INF) {
-            pl = pl * dev_exp(pm - pmn) + psum;
-            pm = pmn;
-          }
-        } else {
-          pl += psum;
+        if (p.variant_in && pmn != NEG_INF) {
+          pl = pl * dev_exp(pm - pmn) + psum;
+          pm = pmn;
         }
       }
     }
@@ -129,41 +142,54 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   for (int o = 1; o < TPR; o <<= 1) {
     const st_t m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
     const st_t pm2 = __shfl_xor_sync(0xffffffffu, pm, o), pl2 = __shfl_xor_sync(0xffffffffu, pl, o);
+    const st_t ps2 = __shfl_xor_sync(0xffffffffu, ps, o);
+    const int64_t np2 = __shfl_xor_sync(0xffffffffu, np, o);
     lse_merge(m, l, m2, l2);
-    if (p.variant_in) lse_merge(pm, pl, pm2, pl2);
-    else pl += pl2;
+    lse_merge(pm, pl, pm2, pl2);
+    ps += ps2;
+    np += np2;
   }
   if (my_h == 0 && my_r < rows_valid) {
-    st_t* w = p.ws + ((int64_t)blockIdx.y * p.M + r0 + my_r) * 4;
-    w[0] = m;
-    w[1] = l;
-    w[2] = pm;
-    w[3] = pl;
+    FwdPartial<E>& w = p.ws[(int64_t)blockIdx.y * p.M + r0 + my_r];
+    w.m = m;
+    w.l = l;
+    w.pm = pm;
+    w.pl = pl;
+    w.ps = ps;
+    w.npos = np;
   }
 }
 
-// Merges the splits and writes lse, pos_term, loss (one thread per anchor).
-template <typename st_t>
-__global__ void supcon_fwd_finalize_kernel(const st_t* __restrict__ ws, int64_t splits, int64_t M,
-                                           const int64_t* __restrict__ npos, bool variant_in,
-                                           st_t* __restrict__ loss, st_t* __restrict__ lse, st_t* __restrict__ pos) {
+// Merges the splits and writes lse, pos_term, loss, npos (one thread per anchor). pos_dot, when given
+// ('out' with kExactOutPositives): z_a . (sum of a's class - z_a) in fp64 for each anchor, which
+// replaces the epilogue's sum of s over the positives.
+template <class E>
+__global__ void supcon_fwd_finalize_kernel(const FwdPartial<E>* __restrict__ ws, int64_t splits, int64_t M,
+                                           bool variant_in, const double* __restrict__ pos_dot, double inv_t,
+                                           typename E::st_t* __restrict__ loss, typename E::st_t* __restrict__ lse,
+                                           typename E::st_t* __restrict__ pos, int64_t* __restrict__ npos) {
+  using st_t = typename E::st_t;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= M) return;
   const st_t NEG_INF = dev_neg_inf(st_t());
-  st_t m = NEG_INF, l = 0, pm = NEG_INF, pl = 0;
+  st_t m = NEG_INF, l = 0, pm = NEG_INF, pl = 0, ps = 0;
+  int64_t np = 0;
   for (int64_t s = 0; s < splits; ++s) {
-    const st_t* w = ws + (s * M + i) * 4;
-    lse_merge(m, l, w[0], w[1]);
-    if (variant_in) lse_merge(pm, pl, w[2], w[3]);
-    else pl += w[3];
+    const FwdPartial<E>& w = ws[s * M + i];
+    lse_merge(m, l, w.m, w.l);
+    lse_merge(pm, pl, w.pm, w.pl);
+    ps += w.ps;
+    np += w.npos;
   }
-  const int64_t np = npos[i];
   const st_t lse_i = m == NEG_INF ? NEG_INF : m + dev_log(l);
   st_t pos_i;
   if (variant_in) pos_i = pm == NEG_INF ? NEG_INF : pm + dev_log(pl);
-  else pos_i = np > 0 ? pl / st_t(np) : st_t(0);
+  else if (np == 0) pos_i = st_t(0);
+  else if (pos_dot != nullptr) pos_i = st_t(pos_dot[i] * inv_t / double(np));
+  else pos_i = ps / st_t(np);
   lse[i] = lse_i;
   pos[i] = pos_i;
+  npos[i] = np;
   loss[i] = np > 0 ? lse_i - pos_i + (variant_in ? dev_log(st_t(np)) : st_t(0)) : st_t(0);
 }
 
@@ -178,13 +204,14 @@ __global__ void supcon_fwd_finalize_kernel(const st_t* __restrict__ ws, int64_t 
 // walks only the anchor columns [offset, offset + M) (H is zero elsewhere). When anchors == contrast
 // set this is the symmetric case: one tile serves rows and columns, 4 N^2 D FLOPs. The 'out'
 // positive term -g/npos is folded into H (it is the class-sum formula's gradient) at no extra GEMM.
+// Which rows and column tiles a block takes: supcon_plan.cuh (1-D grid, heavy blocks first).
 // ---------------------------------------------------------------------------------------------
 template <class E>
 struct BwdParams {
   const typename E::raw_t* z;
   const int64_t* labels;
   int64_t N, D, offset, M;
-  int64_t splits;                    // gridDim.y: column splits (1: direct mode)
+  plan::BwdPlan plan;                // gridDim.x == plan.blocks
   typename E::st_t inv_t;
   bool variant_in;
   bool vec;
@@ -192,8 +219,9 @@ struct BwdParams {
   const typename E::st_t* lse;
   const typename E::st_t* aux;
   const float* gmax;                 // TC only: max |g| for the fp16-range scale of H
-  typename E::st_t* grad_part;       // split mode: [splits, N, D] per-split partials, or nullptr
-  typename E::in_t* grad_out;        // direct mode: [N, D] output in z's dtype, or nullptr
+  typename E::st_t* partial_heavy;   // [heavy_parts, heavy_count * BM, D] when heavy blocks are cut
+  typename E::st_t* partial_light;   // [light_parts, light_count * BM, D] when light blocks are cut
+  typename E::in_t* grad_out;        // [N, D] in z's dtype: the rows of uncut blocks
 };
 
 __device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
@@ -209,32 +237,34 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
   using L = SmemLayout<E>;
   constexpr int BM = E::BM, BN = E::BN, BK = E::BK, NT = E::NT;
   SUPCON_DYNAMIC_SHARED(unsigned char, smem);
-  raw_t* Zr = reinterpret_cast<raw_t*>(smem);
-  raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::kZr);
-  st_t* S = reinterpret_cast<st_t*>(smem + L::kZr + L::kZc);
-  h_t* H = reinterpret_cast<h_t*>(smem + L::kZr + L::kZc + L::kS);
-  SUPCON_SHARED(st_t, rs_g, BM);
-  SUPCON_SHARED(st_t, rs_lse, BM);
-  SUPCON_SHARED(st_t, rs_aux, BM);
-  SUPCON_SHARED(int64_t, rs_lab, BM);
-  SUPCON_SHARED(st_t, cs_g, BN);
-  SUPCON_SHARED(st_t, cs_lse, BN);
-  SUPCON_SHARED(st_t, cs_aux, BN);
-  SUPCON_SHARED(int64_t, cs_lab, BN);
+  raw_t* Zr = reinterpret_cast<raw_t*>(smem + L::zr);
+  raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::zc);
+  st_t* S = reinterpret_cast<st_t*>(smem + L::s);
+  h_t* H = reinterpret_cast<h_t*>(smem + L::h);
+  int64_t* rs_lab = reinterpret_cast<int64_t*>(smem + L::bwd_lab);  // [BM] labels of the block's rows
+  int64_t* cs_lab = rs_lab + BM;                                     // [BN] labels of the tile's columns
+  st_t* rs_g = reinterpret_cast<st_t*>(smem + L::bwd_stats);         // [BM] each: per-row g, lse, aux
+  st_t* rs_lse = rs_g + BM;
+  st_t* rs_aux = rs_lse + BM;
+  st_t* cs_g = rs_aux + BM;                                           // [BN] each: per-column g, lse, aux
+  st_t* cs_lse = cs_g + BN;
+  st_t* cs_aux = cs_lse + BN;
 
   const int tid = threadIdx.x;
-  const int64_t r0 = (int64_t)blockIdx.x * BM;  // rows [r0, r0 + rows_valid) of z
+  const plan::BwdItem item = plan::bwd_item(p.plan, blockIdx.x);
+  const int64_t r0 = item.row_block * BM;  // rows [r0, r0 + rows_valid) of z
   const int rows_valid = (int)min((int64_t)BM, p.N - r0);
-  const int64_t a_end = p.offset + p.M;         // anchors: rows [offset, a_end)
+  const int64_t a_end = p.offset + p.M;    // anchors: rows [offset, a_end)
   // Columns: all of z when this row block holds an anchor, else only the anchor rows.
-  const bool block_has_anchor = r0 < a_end && r0 + rows_valid > p.offset;
-  const int64_t col_start = block_has_anchor ? 0 : p.offset;
-  const int64_t ncols = block_has_anchor ? p.N : p.M;
-  const int64_t nct = (ncols + BN - 1) / BN;
-  const int64_t per = (nct + p.splits - 1) / p.splits;  // column tiles per split (this block's)
-  const int64_t ct_begin = (int64_t)blockIdx.y * per;
-  const int64_t ct_end = min(nct, ct_begin + per);
+  const int64_t col_start = item.heavy ? 0 : p.offset;
+  const int64_t ncols = item.heavy ? p.N : p.M;
+  const int64_t ct_begin = item.tile_begin, ct_end = item.tile_end;
   const int nk = (int)((p.D + BK - 1) / BK);
+  // Output: the grad rows themselves, or this part's slice of the partials.
+  const bool cut = item.heavy ? p.plan.heavy_parts > 1 : p.plan.light_parts > 1;
+  st_t* const partial = item.heavy ? p.partial_heavy : p.partial_light;
+  const int64_t partial_rows = (item.heavy ? p.plan.heavy_count : p.plan.light_count) * BM;
+  const int64_t partial_base = (item.part * partial_rows + item.partial_row0 * BM) * p.D;
 
   // H is stored scaled by hscale (a power of two) so that fp16 neither underflows (g ~ 1/N times
   // probabilities ~ 1/N) nor overflows: |H| <= 2 max|g| < 2^15 after scaling.
@@ -344,12 +374,10 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
     auto sink = [&](int r, int c, st_t v) {
       const int64_t d = d0 + c;
       if (r < rows_valid && d < p.D) {
-        const int64_t idx = (r0 + r) * p.D + d;
-        // Split mode: each (split, row, col) is written by exactly one block (blocks with an empty
-        // column range write zeros), and the host sums the splits in a fixed order: deterministic,
-        // unlike atomicAdd into one accumulator, whose fp32 summation order varies run to run.
-        if (p.grad_out != nullptr) store_out(p.grad_out + idx, v * outscale);
-        else p.grad_part[(int64_t)blockIdx.y * p.N * p.D + idx] = v * outscale;
+        // A cut row block: each (part, row, col) is written by exactly one block, and the host sums
+        // the parts in a fixed order: deterministic, unlike atomicAdd into one accumulator.
+        if (cut) partial[partial_base + r * p.D + d] = v * outscale;
+        else store_out(p.grad_out + (r0 + r) * p.D + d, v * outscale);
       }
     };
     E::o_flush(oacc, S, E::kpad((int)min((int64_t)BK, p.D - d0)), sink);

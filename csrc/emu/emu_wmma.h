@@ -81,16 +81,23 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, float, void>& f, con
     for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
 
-// Each lane writes elements lane, lane + 32, ...: the warp together writes the whole tile.
+// Each lane writes only its share of the tile, the warp together the whole of it. The share is
+// the accumulator layout of the tensor cores' mma (16 x 8 halves: lane l holds rows l/4 and l/4 + 8,
+// columns 2 (l % 4) and the next), not a pattern that kernels are likely to read back with: a
+// lane reading elements another lane stored, without a __syncwarp, sees poison or stale data.
 template <int M, int N, int K>
 inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float, void>& f, unsigned ldm,
                               layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  static_assert(M % 16 == 0 && N % 8 == 0, "accumulator tiles of 16 x 8 blocks");
   detail::check_ptr_ldm<float>(p, ldm, "wmma::store_matrix_sync", file, line);
   supcon_emu::count_warp_op();
-  for (int e = supcon_emu::lane_id(); e < M * N; e += 32) {
-    const int r = e / N, c = e % N;
-    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[e];
-  }
+  const int lane = supcon_emu::lane_id(), group = lane >> 2, pair = (lane & 3) * 2;
+  for (int r0 = 0; r0 < M; r0 += 8)
+    for (int c0 = 0; c0 < N; c0 += 8)
+      for (int j = 0; j < 2; ++j) {
+        const int r = r0 + group, c = c0 + pair + j;
+        (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+      }
 }
 
 // d = a . b + c in fp32 with exact products; computed once per warp and op (emu_runtime.h).

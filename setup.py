@@ -2,7 +2,9 @@
 
 Toolkit: CUDA_HOME, else /usr/local/cuda if it has include/cuda_runtime.h (an nvcc on PATH alone
 can point at the wrong folder). Arch list: TORCH_CUDA_ARCH_LIST, else the visible GPUs', else
-8.0;9.0. SUPCON_FORCE_CPU=1 skips CUDA. MAX_JOBS is respected (ninja).
+8.0;9.0+PTX;10.0;12.0: SASS for sm_80 (which sm_86 / sm_87 / sm_89 also run), sm_90, sm_100 and
+sm_120, plus compute_90 PTX that newer GPUs compile at load. SUPCON_FORCE_CPU=1 skips CUDA.
+MAX_JOBS is respected (ninja).
 """
 import glob
 import os
@@ -11,7 +13,26 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0"
+DEFAULT_ARCHS = "8.0;9.0+PTX;10.0;12.0"
+
+
+def arch_tag(arch_list):
+    """'8.0;9.0+PTX' -> 'sm80_sm90ptx': the embedded archs as one preprocessor token (no ';' or quotes
+    to survive ninja's shell), reported by the cuda_archs op and checked against the binary by a test."""
+    parts = []
+    for a in arch_list.replace(" ", ";").split(";"):
+        if a:
+            ptx = a.endswith("+PTX")
+            parts.append("sm" + a.removesuffix("+PTX").replace(".", "") + ("ptx" if ptx else ""))
+    return "_".join(parts)
+
+
+def describe_archs(arch_list):
+    """'8.0;9.0+PTX' -> 'SASS sm_80, sm_90 + PTX compute_90'."""
+    tags = arch_tag(arch_list).split("_")
+    sass = ", ".join("sm_" + t[2:].removesuffix("ptx") for t in tags)
+    ptx = ", ".join("compute_" + t[2:].removesuffix("ptx") for t in tags if t.endswith("ptx"))
+    return f"SASS {sass}" + (f" + PTX {ptx}" if ptx else "")
 
 
 def find_cuda_home():
@@ -38,8 +59,9 @@ sources = [os.path.relpath(p, ROOT) for p in
                   + glob.glob(os.path.join(ROOT, "csrc", "emu", "*.cpp")))]
 cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
 # The C++ standard is torch's (C++20 for 2.14, C++17 for older).
-# -fno-strict-aliasing: the emulated kernels move 16-bit words through uint4 / __half views of one buffer.
-cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp-simd", "-fno-strict-aliasing"]
+# -fno-strict-aliasing: the emulated kernels move 16-bit words through uint4 / __half views of one buffer;
+# -Wno-unknown-pragmas: their '#pragma unroll' is nvcc's (GCC cannot silence it from inside the header).
+cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp-simd", "-fno-strict-aliasing", "-Wno-unknown-pragmas"]
 
 
 def cpu_has_fma():
@@ -63,7 +85,8 @@ if cuda_home:
     ext = CUDAExtension(
         "supcon_fast._C", sources + cuda_sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": cxx_flags + ["-DSUPCON_WITH_CUDA"],
+        extra_compile_args={"cxx": cxx_flags + ["-DSUPCON_WITH_CUDA",
+                                                f"-DSUPCON_CUDA_ARCHS={arch_tag(os.environ['TORCH_CUDA_ARCH_LIST'])}"],
                             "nvcc": ["-O3", "-lineinfo", "-DSUPCON_WITH_CUDA"]},
     )
 else:
@@ -74,7 +97,8 @@ print(
     "supcon_fast build: "
     f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
     f"CUDA kernels {'ON' if cuda_home else 'OFF'}"
-    + (f" [toolkit {cuda_home}, archs {os.environ['TORCH_CUDA_ARCH_LIST']}, {len(cuda_sources)} .cu files]" if cuda_home
+    + (f" [toolkit {cuda_home}, archs {os.environ['TORCH_CUDA_ARCH_LIST']}: "
+       f"{describe_archs(os.environ['TORCH_CUDA_ARCH_LIST'])}; {len(cuda_sources)} .cu files]" if cuda_home
        else (" [SUPCON_FORCE_CPU=1]" if os.environ.get("SUPCON_FORCE_CPU") == "1" else " [no CUDA toolkit found]"))
     + f", MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}",
     file=sys.stderr,

@@ -62,6 +62,17 @@ void emulation_start(const std::string& schedule, int64_t seed, int64_t poison, 
 // Ends the session; returns its kernel launches as JSON.
 std::string emulation_stop() { return supcon_emu::launches_json(supcon_emu::stop()); }
 
+#define SUPCON_STRINGIFY2(x) #x
+#define SUPCON_STRINGIFY(x) SUPCON_STRINGIFY2(x)
+// The archs the CUDA kernels were built for, as setup.py's token ("sm80_sm90ptx_..."), "" without CUDA.
+std::string cuda_archs() {
+#ifdef SUPCON_CUDA_ARCHS
+  return SUPCON_STRINGIFY(SUPCON_CUDA_ARCHS);
+#else
+  return "";
+#endif
+}
+
 }  // namespace
 }  // namespace supcon_fast
 
@@ -74,6 +85,7 @@ TORCH_LIBRARY(supcon_fast, m) {
       "Tensor npos, int offset, int num_anchors, float temperature, bool variant_in) -> Tensor");
   m.def("emulation_start(str schedule, int seed, int poison, str arch, int sm_count) -> ()", &supcon_fast::emulation_start);
   m.def("emulation_stop() -> str", &supcon_fast::emulation_stop);
+  m.def("cuda_archs() -> str", &supcon_fast::cuda_archs);
   m.def("cuda_plan(str kernel, int N, int M, int offset, int D, ScalarType dtype, str arch) -> Tensor",
         &supcon_fast::cuda_emu::plan_blocks);
 }

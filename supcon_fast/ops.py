@@ -38,6 +38,15 @@ def build_error() -> ImportError | None:
     return _IMPORT_ERROR
 
 
+def cuda_archs() -> dict[str, list[str]]:
+    """What the CUDA kernels were compiled for: {'sass': ['sm_80', ...], 'ptx': ['compute_90', ...]};
+    both empty when the extension was built without CUDA."""
+    tag = torch.ops.supcon_fast.cuda_archs() if available() else ""
+    parts = [p for p in tag.split("_") if p]
+    return {"sass": ["sm_" + p[2:].removesuffix("ptx") for p in parts],
+            "ptx": ["compute_" + p[2:].removesuffix("ptx") for p in parts if p.endswith("ptx")]}
+
+
 def supcon_fwd(z, labels, offset: int, num_anchors: int, temperature: float, variant_in: bool):
     """Per-anchor SupCon terms of anchors ``z[offset : offset + num_anchors]`` against all of ``z``.
 

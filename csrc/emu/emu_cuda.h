@@ -10,9 +10,6 @@
 #include "emu_half.h"
 #include "emu_runtime.h"
 
-// '#pragma unroll' is nvcc's; the host compiler may ignore it.
-#pragma GCC diagnostic ignored "-Wunknown-pragmas"
-
 // Qualifiers: host functions here; launch bounds are checked by the launcher (LaunchSpec).
 #define __global__
 #define __device__

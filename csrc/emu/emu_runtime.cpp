@@ -110,6 +110,13 @@ struct Fiber {
   int static_decl = 0;         // static shared declarations reached
   uint64_t mmas = 0;           // WMMA mma_sync since the last block barrier
   uint64_t warp_ops = 0;       // WMMA loads / stores since the last block barrier
+  struct AsyncCopy {
+    void* dst;
+    const void* src;
+    std::size_t bytes, src_bytes;
+  };
+  std::vector<AsyncCopy> open_group;               // cp.async not yet committed
+  std::vector<std::vector<AsyncCopy>> groups;      // committed, not yet waited for (oldest first)
 #if SUPCON_EMU_ASAN
   void* fake_stack = nullptr;
 #endif
@@ -120,6 +127,9 @@ struct Warp {
   unsigned mask[2] = {0, 0};
   const char* what[2] = {nullptr, nullptr};
   uint64_t slots[2][32] = {};
+  // warp_op: every lane's input and output, [32][bytes], per parity
+  std::vector<unsigned char> ins[2], outs[2];
+  std::size_t in_bytes[2] = {0, 0}, out_bytes[2] = {0, 0};
   std::vector<MmaMemo> memos;  // WMMA products since the last block barrier, by sequence number
 };
 
@@ -353,6 +363,8 @@ void fiber_entry() {
 #endif
   g_launch->thunk(g_launch->args);
   Fiber* f = g_current;
+  if (!f->open_group.empty() || !f->groups.empty())
+    fail("cp.async: the thread exits with copies it never waited for (a missing cp.async.wait_group)");
   f->state = State::done;
   ++g_launch->done;
   yield_to_scheduler(true);
@@ -423,6 +435,8 @@ void run_block(LaunchState& L) {
     f.collectives = 0;
     f.static_decl = 0;
     f.mmas = f.warp_ops = 0;
+    f.open_group.clear();
+    f.groups.clear();
     f.file = nullptr;
 #if SUPCON_EMU_ASAN
     __asan_unpoison_memory_region(f.stack, kStackBytes);
@@ -645,7 +659,16 @@ void sync_threads(const char* file, int line) {
 
 namespace {
 // Arrives at a warp collective, waits for every lane of the mask, returns the parity slot used.
-int warp_collective(unsigned mask, const char* what, uint64_t payload, const char* file, int line) {
+// A warp_op's data: its input is copied in at arrival; the last lane runs compute before releasing.
+struct WarpData {
+  const void* in = nullptr;
+  std::size_t in_bytes = 0, out_bytes = 0;
+  WarpCompute compute = nullptr;
+  void* ctx = nullptr;
+};
+
+int warp_collective(unsigned mask, const char* what, uint64_t payload, const char* file, int line,
+                    const WarpData* data = nullptr) {
   Fiber& f = self(what);
   LaunchState& L = *g_launch;
   const int lane = f.linear % 32, wi = f.linear / 32;
@@ -655,20 +678,28 @@ int warp_collective(unsigned mask, const char* what, uint64_t payload, const cha
   if (mask & ~present) fail(std::string(what) + ": the mask names lanes that do not exist in this block", file, line);
   Warp& w = L.warps[wi];
   const int p = static_cast<int>(f.collectives & 1u);
+  const std::size_t in_bytes = data ? data->in_bytes : 0, out_bytes = data ? data->out_bytes : 0;
   if (w.arrived[p] == 0) {
     w.mask[p] = mask;
     w.what[p] = what;
-  } else if (w.mask[p] != mask || std::strcmp(w.what[p], what) != 0) {
+    w.in_bytes[p] = in_bytes;
+    w.out_bytes[p] = out_bytes;
+    w.ins[p].assign(32 * in_bytes, 0);
+    w.outs[p].assign(32 * out_bytes, 0);
+  } else if (w.mask[p] != mask || std::strcmp(w.what[p], what) != 0 || w.in_bytes[p] != in_bytes ||
+             w.out_bytes[p] != out_bytes) {
     fail(std::string(what) + ": lanes of the warp meet at different collectives or masks (" + w.what[p] + ")", file,
          line);
   }
   w.slots[p][lane] = payload;
+  if (in_bytes > 0) std::memcpy(w.ins[p].data() + lane * in_bytes, data->in, in_bytes);
   w.arrived[p] |= 1u << lane;
   ++f.collectives;
   f.file = file;
   f.line = line;
   if (w.arrived[p] == mask) {
     w.arrived[p] = 0;
+    if (data != nullptr && data->compute != nullptr) data->compute(w.ins[p].data(), w.outs[p].data(), mask, data->ctx);
     for (int l = 0; l < lanes_here; ++l) {
       Fiber& g = (*L.fibers)[wi * 32 + l];
       if ((mask >> l & 1u) && g.state == State::warp_barrier) g.state = State::ready;
@@ -685,6 +716,19 @@ int warp_collective(unsigned mask, const char* what, uint64_t payload, const cha
 }  // namespace
 
 void sync_warp(unsigned mask, const char* file, int line) { warp_collective(mask, "__syncwarp", 0, file, line); }
+
+void warp_op(unsigned mask, const char* what, const void* in, std::size_t in_bytes, void* out, std::size_t out_bytes,
+             WarpCompute compute, void* ctx, const char* file, int line) {
+  WarpData data;
+  data.in = in;
+  data.in_bytes = in_bytes;
+  data.out_bytes = out_bytes;
+  data.compute = compute;
+  data.ctx = ctx;
+  const int p = warp_collective(mask, what, 0, file, line, &data);
+  const Warp& w = g_launch->warps[g_current->linear / 32];
+  if (out_bytes > 0) std::memcpy(out, w.outs[p].data() + (g_current->linear % 32) * out_bytes, out_bytes);
+}
 
 uint64_t shfl_xor_bits(unsigned mask, uint64_t bits, int lane_mask, int width, const char* file, int line) {
   if (width <= 0 || width > 32 || (width & (width - 1)) != 0)
@@ -720,6 +764,42 @@ void* static_shared(std::size_t bytes, std::size_t align, const char* name) {
   buffer_poison(b);
   L.static_bytes += static_cast<int64_t>(bytes);
   return b.ptr;
+}
+
+bool is_shared(const void* p, std::size_t bytes) {
+  self("shared-memory check");
+  const char* a = static_cast<const char*>(p);
+  auto inside = [&](const SharedBuffer& b) { return b.ptr != nullptr && a >= b.ptr && a + bytes <= b.ptr + b.bytes; };
+  if (inside(g_launch->dynamic)) return true;
+  for (const auto& d : g_launch->statics)
+    if (inside(d.buf)) return true;
+  return false;
+}
+
+void async_copy(void* dst, const void* src, std::size_t bytes, std::size_t src_bytes, const char* file, int line) {
+  Fiber& f = self("cp.async");
+  if (reinterpret_cast<std::uintptr_t>(dst) % bytes != 0 ||
+      (src_bytes > 0 && reinterpret_cast<std::uintptr_t>(src) % bytes != 0))
+    fail("cp.async: addresses not aligned to the copy size", file, line);
+  if (!is_shared(dst, bytes)) fail("cp.async: destination not in shared memory", file, line);
+  f.open_group.push_back({dst, src, bytes, src_bytes});
+}
+
+void async_commit() {
+  Fiber& f = self("cp.async.commit_group");
+  f.groups.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+
+void async_wait(int n) {
+  Fiber& f = self("cp.async.wait_group");
+  while (static_cast<int>(f.groups.size()) > n) {
+    for (const auto& c : f.groups.front()) {
+      std::memcpy(c.dst, c.src, c.src_bytes);
+      std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    }
+    f.groups.erase(f.groups.begin());
+  }
 }
 
 void* dynamic_shared() {

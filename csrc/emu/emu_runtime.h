@@ -70,6 +70,18 @@ void sync_threads(const char* file, int line);
 void sync_warp(unsigned mask, const char* file, int line);
 // Exchanges 64-bit payloads within the warp: returns the payload of lane (lane ^ lane_mask).
 uint64_t shfl_xor_bits(unsigned mask, uint64_t bits, int lane_mask, int width, const char* file, int line);
+// A warp-collective operation that moves data between lanes (ldmatrix, mma.sync): every lane of
+// `mask` gives `in_bytes` and gets `out_bytes`; when the last lane arrives, compute(ins, outs) runs
+// once with every lane's input and output laid out [32][bytes] by lane (lanes outside the mask: zero).
+using WarpCompute = void (*)(const unsigned char* ins, unsigned char* outs, unsigned mask, void* ctx);
+void warp_op(unsigned mask, const char* what, const void* in, std::size_t in_bytes, void* out, std::size_t out_bytes,
+             WarpCompute compute, void* ctx, const char* file, int line);
+bool is_shared(const void* p, std::size_t bytes);  // [p, p + bytes) inside one shared buffer of the block
+// cp.async: a copy of `bytes` (src_bytes of them from src, the rest zero) that lands at the wait for
+// its group; commit closes the open group; wait(n) lands every group but the n most recent.
+void async_copy(void* dst, const void* src, std::size_t bytes, std::size_t src_bytes, const char* file, int line);
+void async_commit();
+void async_wait(int n);
 void* static_shared(std::size_t bytes, std::size_t align, const char* name);
 void* dynamic_shared();
 [[noreturn]] void fail(const std::string& what, const char* file = nullptr, int line = 0);

@@ -20,6 +20,7 @@
 
 #define SUPCON_EMULATION 1
 #include "../../csrc/cuda/cuda_compat.cuh"
+#include "../../csrc/cuda/mma_ptx.cuh"
 #include "../../csrc/emu/emu_host.h"
 #include "../../csrc/supcon.h"
 
@@ -38,12 +39,13 @@ int g_failures = 0;
 
 struct Session {
   explicit Session(supcon_emu::Schedule s = supcon_emu::Schedule::ascending, int poison = 1, uint64_t seed = 0,
-                   const char* arch = "sm_90") {
+                   const char* arch = "sm_90", int sm_count = 0) {
     supcon_emu::Config c;
     c.schedule = s;
     c.poison = poison;
     c.seed = seed;
     c.arch = arch;
+    c.sm_count = sm_count;
     supcon_emu::start(c);
   }
   ~Session() { supcon_emu::stop(); }
@@ -149,6 +151,74 @@ __global__ void shuffle_kernel(int* out) {
 }
 
 __global__ void empty_kernel() {}
+
+// mma.sync / ldmatrix / cp.async (csrc/cuda/mma_ptx.cuh) on one warp: A [16 x 16] and B [16 x 8] from
+// global memory, either packed into fragments by hand from the documented layouts, or staged in
+// shared memory with cp.async and loaded with ldmatrix (A as x4; B, stored [k][n], as x4.trans).
+namespace ptx = supcon_fast::cuda_emu::ptx;
+
+template <typename T>
+uint32_t pack(T lo, T hi) {
+  uint16_t l, h;
+  std::memcpy(&l, &lo, 2);
+  std::memcpy(&h, &hi, 2);
+  return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
+}
+
+template <typename T>
+__global__ void mma_kernel(const T* A, const T* B, float* D, float* D_ldm, int* seen_before_wait) {
+  const int l = threadIdx.x, g = l >> 2, t = l & 3;
+  uint32_t a[4], b[2];
+  for (int j = 0; j < 4; ++j) {  // a[j]: elements 2j, 2j + 1
+    const int r = g + 8 * (j & 1), c = 2 * t + 8 * (j >> 1);
+    a[j] = pack(A[r * 16 + c], A[r * 16 + c + 1]);
+  }
+  for (int j = 0; j < 2; ++j) {  // b[j]: elements 2j, 2j + 1 at rows 2t + 8j, 2t + 8j + 1
+    const int k = 2 * t + 8 * j;
+    b[j] = pack(B[k * 8 + g], B[(k + 1) * 8 + g]);
+  }
+  const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+  float d[4];
+  ptx::mma_16816<T>(d, a, b, zero);
+  for (int i = 0; i < 4; ++i) D[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = d[i];
+
+  SUPCON_DYNAMIC_SHARED(unsigned char, smem);  // A [16 x 16] then B [16 x 8], 16-bit
+  T* sA = reinterpret_cast<T*>(smem);
+  T* sB = sA + 256;
+  for (int chunk = l; chunk < 48; chunk += 32) {  // 768 bytes in 16-byte pieces
+    if (chunk < 32) ptx::cp_async_16(sA + chunk * 8, A + chunk * 8, true);
+    else ptx::cp_async_16(sB + (chunk - 32) * 8, B + (chunk - 32) * 8, true);
+  }
+  ptx::cp_async_commit();
+  uint16_t first;
+  std::memcpy(&first, sA + l * 8, 2);  // before the wait: still the poison
+  seen_before_wait[l] = first;
+  ptx::cp_async_wait<0>();
+  __syncwarp();
+  uint32_t fa[4], fb4[4];
+  ptx::ldmatrix_x4(fa, sA + (l % 16) * 16 + (l / 16) * 8);
+  ptx::ldmatrix_x4_trans(fb4, sB + (l % 16) * 8);  // rows k = 0..15; matrices 2 and 3 repeat 0 and 1
+  const uint32_t fb[2] = {fb4[0], fb4[1]};
+  for (int j = 0; j < 4; ++j)
+    if (fa[j] != a[j]) D_ldm[256 + l] = 1.f;  // ldmatrix must give the hand-packed fragment
+  for (int j = 0; j < 2; ++j)
+    if (fb[j] != b[j]) D_ldm[256 + l] = 2.f;
+  ptx::mma_16816<T>(d, fa, fb, zero);
+  for (int i = 0; i < 4; ++i) D_ldm[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = d[i];
+}
+
+__global__ void ldmatrix_misaligned_kernel(int offset) {
+  SUPCON_DYNAMIC_SHARED(__nv_bfloat16, tile);
+  uint32_t r[4];
+  ptx::ldmatrix_x4(r, tile + (threadIdx.x % 16) * 16 + offset);
+}
+
+__global__ void cp_async_unwaited_kernel(const float* src) {
+  SUPCON_DYNAMIC_SHARED(float, dst);
+  ptx::cp_async_16(dst + threadIdx.x * 4, src + threadIdx.x * 4, true);
+  ptx::cp_async_commit();
+}
+
 
 // ---------------------------------------------------------------------------------------------
 // 1. The emulation's checks
@@ -283,6 +353,48 @@ void test_launch_checks() {
   CHECK(launch(dim3(3, 2), dim3(64), 0, 64).empty(), "a legal launch");
 }
 
+
+template <typename T>
+void test_mma_type() {
+  std::vector<T> A(256), B(128);
+  for (int i = 0; i < 256; ++i) A[i] = T(static_cast<float>((i * 7) % 13) - 6.f);
+  for (int i = 0; i < 128; ++i) B[i] = T(static_cast<float>((i * 5) % 11) - 5.f);
+  std::vector<float> D(128), D_ldm(256 + 32, 0.f);
+  std::vector<int> seen(32);
+  {
+    Session session(supcon_emu::Schedule::shuffled, 1, 9);
+    supcon_emu::launch_kernel(mma_kernel<T>, "mma_kernel", dim3(1), dim3(32), 768, 0, static_cast<const T*>(A.data()),
+                              static_cast<const T*>(B.data()), D.data(), D_ldm.data(), seen.data());
+  }
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 8; ++n) {
+      float want = 0.f;
+      for (int k = 0; k < 16; ++k) want += static_cast<float>(A[r * 16 + k]) * static_cast<float>(B[k * 8 + n]);
+      CHECK(D[r * 8 + n] == want, "mma (%d, %d): %g != %g", r, n, D[r * 8 + n], want);
+      CHECK(D_ldm[r * 8 + n] == want, "ldmatrix + mma (%d, %d): %g != %g", r, n, D_ldm[r * 8 + n], want);
+    }
+  for (int l = 0; l < 32; ++l) {
+    CHECK(D_ldm[256 + l] == 0.f, "lane %d: ldmatrix fragment differs from the documented layout (%g)", l, D_ldm[256 + l]);
+    CHECK(seen[l] == 0xffff, "lane %d: a cp.async destination read before the wait must hold the poison", l);
+  }
+}
+
+void test_mma_ldmatrix_cp_async() {
+  test_mma_type<__nv_bfloat16>();
+  test_mma_type<__half>();
+  Session session;
+  std::string e = error_of([] {
+    supcon_emu::launch_kernel(ldmatrix_misaligned_kernel, "ldmatrix_misaligned_kernel", dim3(1), dim3(32), 1024, 0, 4);
+  });
+  CHECK(contains(e, "16-byte aligned") && contains(e, "ldmatrix_misaligned_kernel"), "ldmatrix alignment: %s", e.c_str());
+  std::vector<float> src(128);
+  e = error_of([&] {
+    supcon_emu::launch_kernel(cp_async_unwaited_kernel, "cp_async_unwaited_kernel", dim3(1), dim3(32), 512, 0,
+                              static_cast<const float*>(src.data()));
+  });
+  CHECK(contains(e, "never waited"), "cp.async without a wait: %s", e.c_str());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The SupCon kernels against the CPU op
 // ---------------------------------------------------------------------------------------------
@@ -291,6 +403,8 @@ struct Case {
   at::ScalarType dtype;
   bool variant_in;
   bool misaligned;
+  const char* arch = "sm_90";  // sm_86: the compact backward (99 KB parts)
+  int sm_count = 0;            // 1: the plan of a large problem (many tiles per block, uncut blocks)
 };
 
 bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
@@ -312,14 +426,15 @@ void test_supcon_case(const Case& c) {
   const std::pair<supcon_emu::Schedule, int> configs[] = {
       {supcon_emu::Schedule::ascending, 1}, {supcon_emu::Schedule::descending, 2}, {supcon_emu::Schedule::shuffled, 1}};
   for (const auto& [schedule, poison] : configs) {
-    Session session(schedule, poison, 11);
+    Session session(schedule, poison, 11, c.arch, c.sm_count);
     const auto [loss, lse, pos, npos] = supcon_fast::cuda_emu::supcon_fwd_cuda(z, labels, c.offset, c.m, t, c.variant_in);
     const at::Tensor grad = supcon_fast::cuda_emu::supcon_bwd_cuda(g, z, labels, lse, pos, npos, c.offset, c.m, t, c.variant_in);
     runs.push_back({loss, lse, pos, npos, grad});
   }
   char what[160];
-  std::snprintf(what, sizeof(what), "N=%ld D=%ld offset=%ld M=%ld %s %s%s", (long)c.n, (long)c.d, (long)c.offset,
-                (long)c.m, c10::toString(c.dtype), c.variant_in ? "in" : "out", c.misaligned ? " misaligned" : "");
+  std::snprintf(what, sizeof(what), "N=%ld D=%ld offset=%ld M=%ld %s %s%s %s sms=%d", (long)c.n, (long)c.d,
+                (long)c.offset, (long)c.m, c10::toString(c.dtype), c.variant_in ? "in" : "out",
+                c.misaligned ? " misaligned" : "", c.arch, c.sm_count);
   for (std::size_t r = 1; r < runs.size(); ++r)
     for (std::size_t k = 0; k < runs[0].size(); ++k)
       CHECK(bitwise_equal(runs[0][k], runs[r][k]), "%s: output %zu differs between schedules / poison", what, k);
@@ -346,6 +461,8 @@ void test_supcon_kernels() {
       {150, 72, 0, 150, at::kHalf, true, false},    {257, 129, 11, 200, at::kBFloat16, true, false},
       {70, 136, 0, 70, at::kHalf, false, true},     {65, 8, 0, 65, at::kBFloat16, true, true},
       {300, 40, 250, 50, at::kHalf, false, false},  {97, 33, 0, 97, at::kFloat, true, true},
+      {260, 136, 30, 150, at::kBFloat16, true, false, "sm_86"},  {130, 40, 0, 130, at::kDouble, false, false, "sm_120"},
+      {400, 72, 0, 400, at::kHalf, false, false, "sm_90", 1},    {333, 50, 40, 200, at::kFloat, true, false, "sm_90", 1},
   };
   for (const auto& c : cases) test_supcon_case(c);
 }
@@ -362,6 +479,7 @@ int main() {
       {"wmma", test_wmma},
       {"shuffle", test_shuffle},
       {"launch checks", test_launch_checks},
+      {"mma.sync, ldmatrix, cp.async", test_mma_ldmatrix_cp_async},
       {"supcon kernels", test_supcon_kernels},
   };
   for (const auto& [name, fn] : tests) {

@@ -59,26 +59,10 @@ struct alignas(16) uint4 {
 };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
-inline float __int_as_float(int i) {
-  float f;
-  std::memcpy(&f, &i, 4);
-  return f;
-}
-inline float __uint_as_float(unsigned u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline int __float_as_int(float f) {
-  int i;
-  std::memcpy(&i, &f, 4);
-  return i;
-}
-inline double __longlong_as_double(long long i) {
-  double d;
-  std::memcpy(&d, &i, 8);
-  return d;
-}
+inline float __int_as_float(int i) { return supcon_emu::bit_cast<float>(i); }
+inline float __uint_as_float(unsigned u) { return supcon_emu::bit_cast<float>(u); }
+inline int __float_as_int(float f) { return supcon_emu::bit_cast<int>(f); }
+inline double __longlong_as_double(long long i) { return supcon_emu::bit_cast<double>(i); }
 
 // CUDA's integer and floating min / max overloads (the host libm covers expf, logf, fmaxf, ...).
 inline int min(int a, int b) { return a < b ? a : b; }

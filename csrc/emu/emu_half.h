@@ -9,16 +9,16 @@
 
 namespace supcon_emu {
 
-inline uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
+// The bits of one type read as another of the same size (std::bit_cast, which C++17 lacks).
+template <class To, class From>
+inline To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: same size");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
 }
-inline float bits_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline uint32_t float_bits(float f) { return bit_cast<uint32_t>(f); }
+inline float bits_float(uint32_t u) { return bit_cast<float>(u); }
 
 // IEEE binary16, round to nearest even (subnormals included), as cvt.rn.f16.f32.
 inline uint16_t float_to_half_bits(float f) {

@@ -27,7 +27,7 @@
 namespace {
 
 int g_failures = 0;
-#define CHECK(cond, ...)                                              \
+#define EXPECT(cond, ...)                                              \
   do {                                                                \
     if (!(cond)) {                                                    \
       ++g_failures;                                                   \
@@ -237,7 +237,7 @@ void test_conversions() {
   };
   for (uint32_t v = 0; v < 65536; ++v) {
     const float f = supcon_emu::half_bits_to_float(static_cast<uint16_t>(v));
-    CHECK(std::isnan(f) || static_cast<float>(c10::Half(static_cast<uint16_t>(v), c10::Half::from_bits())) == f,
+    EXPECT(std::isnan(f) || static_cast<float>(c10::Half(static_cast<uint16_t>(v), c10::Half::from_bits())) == f,
           "half %04x decodes to %a", v, f);
     const float g = supcon_emu::half_bits_to_float(static_cast<uint16_t>(v + 1));
     for (float x : {f, g, 0.5f * (f + g), std::nextafter(f, INFINITY), std::nextafter(f, -INFINITY),
@@ -246,7 +246,7 @@ void test_conversions() {
       check(x);
   }
   for (uint64_t u = 0; u < (1ull << 32); u += 4099) check(supcon_emu::bits_float(static_cast<uint32_t>(u)));
-  CHECK(bad == 0, "%ld conversions differ from c10", bad);
+  EXPECT(bad == 0, "%ld conversions differ from c10", bad);
 }
 
 void test_missing_barrier_changes_results() {
@@ -258,9 +258,9 @@ void test_missing_barrier_changes_results() {
       supcon_emu::launch_kernel(neighbour_kernel, "neighbour_kernel", dim3(1), dim3(256), 0, 0, out.data(), barrier);
       runs.push_back(out);
     }
-  CHECK(runs[0] == runs[1] && runs[1] == runs[2], "with the barrier, every schedule gives the same result");
-  for (int t = 0; t < 256; ++t) CHECK(runs[0][t] == static_cast<float>((t + 1) % 256), "neighbour %d", t);
-  CHECK(runs[3] != runs[4] || runs[4] != runs[5], "without the barrier the schedules must disagree");
+  EXPECT(runs[0] == runs[1] && runs[1] == runs[2], "with the barrier, every schedule gives the same result");
+  for (int t = 0; t < 256; ++t) EXPECT(runs[0][t] == static_cast<float>((t + 1) % 256), "neighbour %d", t);
+  EXPECT(runs[3] != runs[4] || runs[4] != runs[5], "without the barrier the schedules must disagree");
 }
 
 void test_divergent_barrier_is_an_error() {
@@ -269,7 +269,7 @@ void test_divergent_barrier_is_an_error() {
   const std::string e = error_of([&] {
     supcon_emu::launch_kernel(divergent_barrier_kernel, "divergent_barrier_kernel", dim3(2), dim3(256), 0, 0, out.data());
   });
-  CHECK(contains(e, "barrier not reached by every thread") && contains(e, "divergent_barrier_kernel") &&
+  EXPECT(contains(e, "barrier not reached by every thread") && contains(e, "divergent_barrier_kernel") &&
             contains(e, "thread (") && contains(e, "test_emu.cpp"),
         "message: %s", e.c_str());
 }
@@ -279,13 +279,13 @@ void test_out_of_bounds_are_caught() {
     Session session;
     supcon_emu::launch_kernel(shared_oob_kernel, "shared_oob_kernel", dim3(1), dim3(64), 0, 0, 1);
   });
-  CHECK(rc != 0 && contains(out, "shared_oob_kernel") && contains(out, "thread (63"),
+  EXPECT(rc != 0 && contains(out, "shared_oob_kernel") && contains(out, "thread (63"),
         "static shared overflow not reported with kernel and thread (rc %d): %s", rc, out.c_str());
   const auto [rc2, out2] = in_child([] {
     Session session;
     supcon_emu::launch_kernel(dynamic_oob_kernel, "dynamic_oob_kernel", dim3(1), dim3(32), 100 * 4, 0, 100);
   });
-  CHECK(rc2 != 0 && contains(out2, "dynamic_oob_kernel"), "dynamic shared overflow not reported (rc %d): %s", rc2,
+  EXPECT(rc2 != 0 && contains(out2, "dynamic_oob_kernel"), "dynamic shared overflow not reported (rc %d): %s", rc2,
         out2.c_str());
   const auto [rc3, out3] = in_child([] {
     Session session;
@@ -293,7 +293,7 @@ void test_out_of_bounds_are_caught() {
     supcon_emu::launch_kernel(global_oob_kernel, "global_oob_kernel", dim3(1), dim3(64), 0, 0,
                               static_cast<const float*>(in.data()), out.data(), 1);
   });
-  CHECK(rc3 != 0 && contains(out3, "global_oob_kernel") && contains(out3, "thread (63"),
+  EXPECT(rc3 != 0 && contains(out3, "global_oob_kernel") && contains(out3, "thread (63"),
         "global overflow not reported (rc %d): %s", rc3, out3.c_str());
 }
 
@@ -307,7 +307,7 @@ void test_poison_shows_uninitialized_reads() {
     Session s(supcon_emu::Schedule::ascending, 2);
     supcon_emu::launch_kernel(uninitialized_kernel, "uninitialized_kernel", dim3(1), dim3(64), 32 * 4, 0, b.data());
   }
-  CHECK(std::isnan(a[20]) && !std::isnan(b[20]) && a[0] == 1.f && b[0] == 1.f, "poison 1 / 2: %g / %g", a[20], b[20]);
+  EXPECT(std::isnan(a[20]) && !std::isnan(b[20]) && a[0] == 1.f && b[0] == 1.f, "poison 1 / 2: %g / %g", a[20], b[20]);
 }
 
 void test_wmma() {
@@ -318,23 +318,23 @@ void test_wmma() {
     for (int j = 0; j < 16; ++j) {
       float want = 0.f;  // a[i][k] = tile[i*16 + k], b[k][j] = tile[k + j*16] (col-major)
       for (int k = 0; k < 16; ++k) want += static_cast<float>((i * 16 + k) % 7 - 3) * static_cast<float>((k + j * 16) % 7 - 3);
-      CHECK(out[i * 16 + j] == want, "wmma (%d, %d): %g != %g", i, j, out[i * 16 + j], want);
+      EXPECT(out[i * 16 + j] == want, "wmma (%d, %d): %g != %g", i, j, out[i * 16 + j], want);
     }
   std::string e = error_of([&] {
     supcon_emu::launch_kernel(wmma_kernel, "wmma_kernel", dim3(1), dim3(32), 16 * 32 * 2, 0, out.data(), 8, 16u);
   });
-  CHECK(contains(e, "256-bit") && contains(e, "wmma_kernel"), "misaligned fragment pointer: %s", e.c_str());
+  EXPECT(contains(e, "256-bit") && contains(e, "wmma_kernel"), "misaligned fragment pointer: %s", e.c_str());
   e = error_of([&] {
     supcon_emu::launch_kernel(wmma_kernel, "wmma_kernel", dim3(1), dim3(32), 16 * 32 * 2, 0, out.data(), 0, 20u);
   });
-  CHECK(contains(e, "ldm = 20"), "illegal ldm: %s", e.c_str());
+  EXPECT(contains(e, "ldm = 20"), "illegal ldm: %s", e.c_str());
 }
 
 void test_shuffle() {
   Session session(supcon_emu::Schedule::shuffled, 1, 3);
   std::vector<int> out(96);
   supcon_emu::launch_kernel(shuffle_kernel, "shuffle_kernel", dim3(1), dim3(96), 0, 0, out.data());
-  for (int t = 0; t < 96; ++t) CHECK(out[t] == 32 * (t / 32 * 32) + 496, "lane sum %d: %d", t, out[t]);
+  for (int t = 0; t < 96; ++t) EXPECT(out[t] == 32 * (t / 32 * 32) + 496, "lane sum %d: %d", t, out[t]);
 }
 
 void test_launch_checks() {
@@ -342,15 +342,15 @@ void test_launch_checks() {
   auto launch = [](dim3 g, dim3 b, int smem, int bounds) {
     return error_of([&] { supcon_emu::launch_kernel(empty_kernel, "empty_kernel", g, b, smem, bounds); });
   };
-  CHECK(contains(launch(dim3(1), dim3(128), 0, 256), "__launch_bounds__(256)"), "launch bounds");
-  CHECK(contains(launch(dim3(1, 65536), dim3(32), 0, 0), "over the limits"), "grid y limit");
-  CHECK(contains(launch(dim3(1), dim3(2048), 0, 0), "1024 threads"), "block size limit");
-  CHECK(contains(launch(dim3(1), dim3(32), 64 * 1024, 0), "cudaFuncAttributeMaxDynamicSharedMemorySize"),
+  EXPECT(contains(launch(dim3(1), dim3(128), 0, 256), "__launch_bounds__(256)"), "launch bounds");
+  EXPECT(contains(launch(dim3(1, 65536), dim3(32), 0, 0), "over the limits"), "grid y limit");
+  EXPECT(contains(launch(dim3(1), dim3(2048), 0, 0), "1024 threads"), "block size limit");
+  EXPECT(contains(launch(dim3(1), dim3(32), 64 * 1024, 0), "cudaFuncAttributeMaxDynamicSharedMemorySize"),
         "dynamic shared memory above 48 KB without the opt-in");
-  CHECK(contains(error_of([] { supcon_emu::set_max_dynamic_smem(reinterpret_cast<const void*>(empty_kernel), 200000); }),
+  EXPECT(contains(error_of([] { supcon_emu::set_max_dynamic_smem(reinterpret_cast<const void*>(empty_kernel), 200000); }),
                  "opt-in limit of sm_80"),
         "opt-in over the arch's limit");
-  CHECK(launch(dim3(3, 2), dim3(64), 0, 64).empty(), "a legal launch");
+  EXPECT(launch(dim3(3, 2), dim3(64), 0, 64).empty(), "a legal launch");
 }
 
 
@@ -370,12 +370,12 @@ void test_mma_type() {
     for (int n = 0; n < 8; ++n) {
       float want = 0.f;
       for (int k = 0; k < 16; ++k) want += static_cast<float>(A[r * 16 + k]) * static_cast<float>(B[k * 8 + n]);
-      CHECK(D[r * 8 + n] == want, "mma (%d, %d): %g != %g", r, n, D[r * 8 + n], want);
-      CHECK(D_ldm[r * 8 + n] == want, "ldmatrix + mma (%d, %d): %g != %g", r, n, D_ldm[r * 8 + n], want);
+      EXPECT(D[r * 8 + n] == want, "mma (%d, %d): %g != %g", r, n, D[r * 8 + n], want);
+      EXPECT(D_ldm[r * 8 + n] == want, "ldmatrix + mma (%d, %d): %g != %g", r, n, D_ldm[r * 8 + n], want);
     }
   for (int l = 0; l < 32; ++l) {
-    CHECK(D_ldm[256 + l] == 0.f, "lane %d: ldmatrix fragment differs from the documented layout (%g)", l, D_ldm[256 + l]);
-    CHECK(seen[l] == 0xffff, "lane %d: a cp.async destination read before the wait must hold the poison", l);
+    EXPECT(D_ldm[256 + l] == 0.f, "lane %d: ldmatrix fragment differs from the documented layout (%g)", l, D_ldm[256 + l]);
+    EXPECT(seen[l] == 0xffff, "lane %d: a cp.async destination read before the wait must hold the poison", l);
   }
 }
 
@@ -386,13 +386,13 @@ void test_mma_ldmatrix_cp_async() {
   std::string e = error_of([] {
     supcon_emu::launch_kernel(ldmatrix_misaligned_kernel, "ldmatrix_misaligned_kernel", dim3(1), dim3(32), 1024, 0, 4);
   });
-  CHECK(contains(e, "16-byte aligned") && contains(e, "ldmatrix_misaligned_kernel"), "ldmatrix alignment: %s", e.c_str());
+  EXPECT(contains(e, "16-byte aligned") && contains(e, "ldmatrix_misaligned_kernel"), "ldmatrix alignment: %s", e.c_str());
   std::vector<float> src(128);
   e = error_of([&] {
     supcon_emu::launch_kernel(cp_async_unwaited_kernel, "cp_async_unwaited_kernel", dim3(1), dim3(32), 512, 0,
                               static_cast<const float*>(src.data()));
   });
-  CHECK(contains(e, "never waited"), "cp.async without a wait: %s", e.c_str());
+  EXPECT(contains(e, "never waited"), "cp.async without a wait: %s", e.c_str());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,7 +437,7 @@ void test_supcon_case(const Case& c) {
                 c.misaligned ? " misaligned" : "", c.arch, c.sm_count);
   for (std::size_t r = 1; r < runs.size(); ++r)
     for (std::size_t k = 0; k < runs[0].size(); ++k)
-      CHECK(bitwise_equal(runs[0][k], runs[r][k]), "%s: output %zu differs between schedules / poison", what, k);
+      EXPECT(bitwise_equal(runs[0][k], runs[r][k]), "%s: output %zu differs between schedules / poison", what, k);
 
   // Against the CPU op on the same (rounded) input: fp64 / fp32 to their precision; fp16 / bf16
   // differ by the H tile's 16-bit rounding in the backward and fp32 sums.
@@ -445,12 +445,12 @@ void test_supcon_case(const Case& c) {
   const at::Tensor grad_c = supcon_fast::supcon_bwd_cpu(g, z, labels, lse_c, pos_c, npos_c, c.offset, c.m, t, c.variant_in);
   const double tol = c.dtype == at::kDouble ? 1e-10 : c.dtype == at::kFloat ? 1e-5 : 2e-2;
   const auto& e = runs[0];
-  CHECK(at::equal(e[3], npos_c), "%s: npos", what);
-  CHECK(at::allclose(e[0].to(at::kDouble), loss_c.to(at::kDouble), tol, tol), "%s: loss", what);
-  CHECK(at::allclose(e[1].to(at::kDouble), lse_c.to(at::kDouble), tol, tol), "%s: lse", what);
+  EXPECT(at::equal(e[3], npos_c), "%s: npos", what);
+  EXPECT(at::allclose(e[0].to(at::kDouble), loss_c.to(at::kDouble), tol, tol), "%s: loss", what);
+  EXPECT(at::allclose(e[1].to(at::kDouble), lse_c.to(at::kDouble), tol, tol), "%s: lse", what);
   const double gscale = std::max(1e-12, grad_c.to(at::kDouble).abs().max().item<double>());
   const double gerr = (e[4].to(at::kDouble) - grad_c.to(at::kDouble)).abs().max().item<double>();
-  CHECK(gerr <= tol * gscale, "%s: grad error %g vs max |grad| %g", what, gerr, gscale);
+  EXPECT(gerr <= tol * gscale, "%s: grad error %g vs max |grad| %g", what, gerr, gscale);
 }
 
 void test_supcon_kernels() {

@@ -59,6 +59,15 @@ void emulation_start(const std::string& schedule, int64_t seed, int64_t poison, 
   }
 }
 
+// The GPUs the emulation can plan for, as JSON: [{"name", "example", "sms", "smem_optin"}, ...].
+std::string emulation_archs() {
+  std::string out = "[";
+  for (const auto& a : supcon_emu::known_archs())
+    out += std::string(out.size() > 1 ? ", " : "") + "{\"name\": \"" + a.name + "\", \"example\": \"" + a.example +
+           "\", \"sms\": " + std::to_string(a.sms) + ", \"smem_optin\": " + std::to_string(a.smem_optin) + "}";
+  return out + "]";
+}
+
 // Ends the session; returns its kernel launches as JSON.
 std::string emulation_stop() { return supcon_emu::launches_json(supcon_emu::stop()); }
 
@@ -85,6 +94,7 @@ TORCH_LIBRARY(supcon_fast, m) {
       "Tensor npos, int offset, int num_anchors, float temperature, bool variant_in) -> Tensor");
   m.def("emulation_start(str schedule, int seed, int poison, str arch, int sm_count) -> ()", &supcon_fast::emulation_start);
   m.def("emulation_stop() -> str", &supcon_fast::emulation_stop);
+  m.def("emulation_archs() -> str", &supcon_fast::emulation_archs);
   m.def("cuda_archs() -> str", &supcon_fast::cuda_archs);
   m.def("cuda_plan(str kernel, int N, int M, int offset, int D, ScalarType dtype, str arch) -> Tensor",
         &supcon_fast::cuda_emu::plan_blocks);

@@ -5,7 +5,7 @@
 
     loss = (T / T_base) * mean of L_i over anchors with a positive   (exactly 0 if there are none)
 
-The contract is in DESIGN.md and, as code, in ``supcon_fast/reference.py``.
+The contract is in docs/design.md and, as code, in ``supcon_fast/reference.py``.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Everything fast in this package is tested against this file. It builds the full N x N logit matrix,
 so it is O(N^2) in memory; use it for checking, small batches, and a custom ``mask``.
 
-Contract (see DESIGN.md): ``z = features.transpose(0, 1).reshape(bsz * n_views, dim)`` (view-major);
+Contract (docs/design.md): ``z = features.transpose(0, 1).reshape(bsz * n_views, dim)`` (view-major);
 anchors are all rows of ``z`` (``contrast_mode='all'``) or the first ``bsz`` rows (``'one'``);
 ``s_ij = z_i . z_j / T``; self-contrast ``j == i`` is excluded everywhere;
 

@@ -68,10 +68,11 @@ def model(n: int = 65536, fractions=(1, 8, 64), *, arch: str = "sm_90", dim: int
           slots_per_sm: int = SLOTS_PER_SM) -> dict:
     """Every rank's anchor block (offset = rank * M, M = n / fraction) for the forward and backward;
     the summary keeps the worst rank per (kernel, M)."""
-    from .testing import ARCHS  # the arch table the emulation and the planning share
-    if arch not in ARCHS:
-        raise ValueError(f"arch: {arch!r} is not one of {list(ARCHS)}")
-    sms = {"sm_80": 108, "sm_86": 72, "sm_89": 142, "sm_90": 132, "sm_100": 148, "sm_120": 170}[arch]
+    from .testing import gpu_archs  # the arch table the emulation and the planning share
+    archs = gpu_archs()
+    if arch not in archs:
+        raise ValueError(f"arch: {arch!r} is not one of {list(archs)}")
+    sms = archs[arch]["sms"]
     cases = []
     for frac in fractions:
         m = n // frac

@@ -25,7 +25,18 @@ from . import ops
 
 SCHEDULES = ("ascending", "descending", "shuffled")
 POISONS = (1, 2)  # 1: 0xff bytes (NaN in every float view); 2: 0x7f bytes (finite in fp32, NaN in fp16)
-ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+
+
+def gpu_archs() -> dict[str, dict]:
+    """The GPUs the emulation plans for, from its runtime's table (csrc/emu/emu_runtime.cpp):
+    name -> {'example': 'H200', 'sms': 132, 'smem_optin': 232448} (opt-in shared memory per block, bytes)."""
+    if not ops.available():
+        return {}
+    return {a["name"]: {k: v for k, v in a.items() if k != "name"}
+            for a in json.loads(torch.ops.supcon_fast.emulation_archs())}
+
+
+ARCHS = tuple(gpu_archs())  # sm_80, sm_86, sm_89, sm_90, sm_100, sm_120
 
 
 @dataclass

@@ -130,7 +130,8 @@ def make(be, n, d, n_classes, dtype, seed=0, scale=1.0, normalize=True):
 
 
 def assert_half_rule(fused_v, ref64, ref_lowp, what, eps):
-    """DEVELOPERS.md rule: fused error vs fp64 <= 2 x (the reference's own error in that dtype) + eps."""
+    """The accuracy rule (docs/design.md, "Accuracy"): fused error vs fp64 <= 2 x (the reference's own error
+    in that dtype) + eps."""
     finite = torch.isfinite(ref64)
     assert torch.equal(torch.isfinite(fused_v), finite), f"{what}: finite entries differ from the fp64 reference"
     if not finite.any():

@@ -9,7 +9,7 @@ from supcon_fast.reference import flatten_views, supcon_loss_reference, supcon_p
 
 
 def contract_by_loops(features, labels, temperature, base_temperature, mode, variant):
-    """DESIGN.md's formulas, one anchor at a time, in fp64 Python floats."""
+    """The formulas of docs/design.md ("The loss contract"), one anchor at a time, in fp64 Python floats."""
     bsz, n_views = features.shape[:2]
     z = flatten_views(features.double()).tolist()
     y = (labels.tolist() if labels is not None else list(range(bsz))) * n_views

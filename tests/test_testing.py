@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from supcon_fast import ops, supcon_loss
-from supcon_fast.testing import ARCHS, cuda_emulation
+from supcon_fast.testing import ARCHS, cuda_emulation, gpu_archs
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="supcon_fast._C not built")
 
@@ -142,6 +142,8 @@ def test_sessions_do_not_nest_and_end_on_errors():
 
 def test_every_arch_is_known():
     assert ARCHS == ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+    assert gpu_archs()["sm_90"] == {"example": "H200", "sms": 132, "smem_optin": 232448}
+    assert gpu_archs()["sm_86"]["smem_optin"] == 101376
     for arch in ARCHS:
         with cuda_emulation(arch=arch) as emu:
             ops.supcon_fwd(*problem(20, torch.float32), 0, 20, 0.1, False)

@@ -22,6 +22,8 @@ def test_default_job_short(tmp_path):
     res = _train("--out", str(tmp_path), "--max-steps", "3", "--linear-epochs", "1", timeout=600)
     assert res["data_backend"] == "dali" and res["steps"] == 3 and res["out"] == str(tmp_path)
     assert res["n_train"] == 1437 and res["n_val"] == 360          # digits: 1797 images, 20% val
+    assert (res["dataset"], res["train_images"], res["val_images"]) == ("digits", 1437, 360)
+    assert res["data_root"] == str(ROOT / "data" / "digits")
     assert 10 < res["linear_top1"] <= res["linear_top5"] <= 100
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "config.yaml").is_file()
 

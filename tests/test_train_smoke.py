@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,32 @@ def test_each_loss_end_to_end(tiny_data, tmp_path, loss):
     assert {"model", "optimizer", "step", "epoch", "rng", "config"} <= set(ck)
     assert ck["step"] == 2 and ck["config"]["loss"] == loss
     assert res["loss_dtype"] == ck["config"]["loss_dtype"] == "float32"    # no mixed precision on CPU by default
+    # what ran, in the summary and in metrics.jsonl (a "run" record first, the "summary" record last)
+    facts = {"device": "cpu", "world": 1, "amp": "float32", "loss_dtype": "float32", "dataset": "folder",
+             "data_root": str(tiny_data.resolve()), "data_backend": "dali", "train_images": 24, "val_images": 12}
+    assert {k: res[k] for k in facts} == facts
+    for rec in (recs[0], recs[-1]):
+        assert {k: rec[k] for k in facts} == facts
+    assert recs[0]["kind"] == "run" and recs[0]["loader_requested"] == "auto" and recs[-1]["kind"] == "summary"
+
+
+@pytest.mark.parametrize("loader,backend", [("auto", "torchvision"), ("memory", "memory")])
+def test_summary_names_the_backend_that_ran(tiny_data, tmp_path, monkeypatch, loader, backend):
+    """Without DALI, --loader auto runs the torchvision loaders: the summary and metrics.jsonl say so,
+    not the requested 'auto' or 'dali'; --loader dali is then an error naming loader."""
+    import supcon_fast.data as data
+    monkeypatch.setattr(data, "dali_available", lambda: False)
+    argv = tiny_argv(tiny_data, tmp_path / "run", loader=loader, max_steps=1, linear_epochs=0, knn_every=0,
+                     num_threads=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="nvidia.dali is not installed")
+        res = run(config.resolve(argv))
+    assert res["data_backend"] == backend and res["train_images"] == 24 and res["val_images"] == 12
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"]: r["data_backend"] for r in recs if "data_backend" in r} == {"run": backend, "summary": backend}
+    if loader == "auto":
+        with pytest.raises(ValueError, match="loader.*dali"):
+            run(config.resolve(tiny_argv(tiny_data, tmp_path / "dali", loader="dali", max_steps=1)))
 
 
 def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path, monkeypatch):
@@ -142,6 +169,7 @@ def test_mixed_precision_paths(tiny_data, tmp_path, amp, loss_dtype, monkeypatch
     if ops.has_kernel("cpu"):
         assert seen and {str(d) for d in seen} == {f"torch.{loss_dtype}"}
     assert res["loss_dtype"] == loss_dtype and json.loads(json.dumps(res))["loss_dtype"] == loss_dtype
+    assert res["amp"] == loss_dtype                      # --amp bf16 / fp16: the network's autocast dtype
     assert ck["config"]["loss_dtype"] == loss_dtype
     saved = config.resolve(["--config", str(tmp_path / "config.yaml")])    # the record loads back as is
     assert saved["loss_dtype"] == loss_dtype
@@ -155,6 +183,7 @@ def test_synthetic_source_for_profiling(tmp_path):
     res = run(config.resolve(["--dataset", "synthetic", "--out", str(tmp_path), "--width", "4", "--size", "16",
                               "--batch-size", "8", "--max-steps", "2", "--linear-epochs", "1", "--knn-every", "0"]))
     assert res["data_backend"] == "synthetic" and res["steps"] == 2
+    assert res["dataset"] == "synthetic" and res["data_root"] is None and res["train_images"] is None
     loader = SyntheticLoader(batch_size=4, n_views=3, size=8, steps=5)
     loader.skip_batches(3)
     batches = list(loader)

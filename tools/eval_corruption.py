@@ -4,11 +4,13 @@
     python tools/eval_corruption.py --checkpoint runs/supcon/last.pt --baseline runs/ce/last.pt \
         --data data/digits --json benchmarks/results/corruption_digits.json
 
-Corrupts ROOT/val once (deterministic from --seed, cached under --cache), evaluates each model's top-1
+Corrupts ROOT/val once (deterministic from --seed, cached under --cache, by default under
+runs/corruptions/: never inside the dataset folder), evaluates each model's top-1
 error per corruption and severity, and reports CE / mCE / relative mCE against the baseline (usually a
 cross-entropy model). Writes the JSON and a heatmap PNG next to it.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -19,19 +21,27 @@ from supcon_fast.provenance import git_commit, machine_info, utc_now  # noqa: E4
 from supcon_fast.engine.corruption_eval import Classifier, evaluate  # noqa: E402
 
 
+def default_cache(data: str, seed: int) -> str:
+    """A cache folder per dataset and seed, outside the dataset: its folder is never written into."""
+    path = os.path.abspath(data)
+    tag = hashlib.sha1(path.encode()).hexdigest()[:8]
+    return os.path.join("runs", "corruptions", f"{os.path.basename(path)}-{tag}-seed{seed}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the model to evaluate (a .pt from tools/train.py)")
     p.add_argument("--baseline", default=None, help="the reference model for CE / mCE (e.g. a --loss ce run)")
     p.add_argument("--data", required=True, help="dataset root with val/<class>/ images")
-    p.add_argument("--cache", default=None, help="corrupted-image cache (default: <data>/val-c-seed<seed>)")
+    p.add_argument("--cache", default=None, help="corrupted-image cache (default: "
+                   "runs/corruptions/<data folder name>-<hash of its path>-seed<seed>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corruptions", nargs="+", default=list(rb.CORRUPTIONS), choices=rb.CORRUPTIONS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     val = os.path.join(a.data, "val")
-    cache = a.cache or os.path.join(a.data, f"val-c-seed{a.seed}")
+    cache = a.cache or default_cache(a.data, a.seed)
     rb.make_corrupted(val, cache, seed=a.seed, corruptions=tuple(a.corruptions))
     results = {}
     for role, path in (("model", a.checkpoint), ("baseline", a.baseline)):

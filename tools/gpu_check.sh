@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU verification of supcon_fast (DESIGN.md "Machines"): run from anywhere on the GPU machine
+# One-shot GPU verification of supcon_fast (docs/design.md, "The CUDA kernels"): run from anywhere on a GPU machine
 #   tools/gpu_check.sh OUTDIR
 # Prints GPU / driver / torch / nvcc versions, builds the extension, runs the op tests with a junit
 # XML, runs compute-sanitizer memcheck on a small forward+backward, measures the bf16 matmul rate and

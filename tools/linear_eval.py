@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from supcon_fast.engine import checkpoint, config  # noqa: E402
-from supcon_fast.engine.data import build_loaders  # noqa: E402
+from supcon_fast.engine.data import build_loaders, with_data  # noqa: E402
 from supcon_fast.engine.linear_eval import linear_eval  # noqa: E402
 from supcon_fast.engine.pretrain import build_pretrain_model  # noqa: E402
 from supcon_fast.engine.precision import amp_dtype  # noqa: E402
@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     args = vars(p.parse_args(argv))
     try:
         state = checkpoint.load(args.pop("checkpoint"))
-        cfg = config.validate({**state["config"], **{k: v for k, v in args.items() if v is not None}})
+        given = {k: v for k, v in args.items() if v is not None}
+        cfg = config.validate({**with_data(state["config"], given.get("data")), **given})
         rt = setup(cfg["device"])
         loaders = build_loaders(cfg, rank=rt.rank, world=rt.world, device=rt.device)
     except (ValueError, FileNotFoundError) as e:

@@ -31,6 +31,12 @@ def _read_manifest(root):
         return None
 
 
+def written_spec(root):
+    """The spec a writer here recorded for `root` (e.g. `{"name": "digits", "size": 32, ...}`), or
+    None for a folder these writers did not write."""
+    return (_read_manifest(root) or {}).get("spec")
+
+
 def _write_atomically(root, spec, write_fn):
     """Run write_fn(tmpdir) and move the result to `root`, unless `root` already holds `spec`."""
     root = os.path.abspath(os.fspath(root))

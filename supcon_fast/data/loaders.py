@@ -177,6 +177,7 @@ def _to_torch(tl, dtype, device):
 
 
 class _DaliLoaderBase:
+    backend = "dali"   # what a run reports as its data backend (the torchvision loaders: "torchvision")
     _error = staticmethod(corrupt.train_error)
     _exclusion_note = {}
 

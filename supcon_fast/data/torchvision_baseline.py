@@ -162,6 +162,8 @@ class TorchvisionTrainLoader:
     replacement rule, so the same images in every batch; the list is in `state_dict()`.
     """
 
+    backend = "torchvision"
+
     def __init__(self, root, *, batch_size, n_views=2, size=224, policy="simclr", shard_id=0,
                  num_shards=1, seed=0, num_threads=2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                  device="cpu", dtype=torch.float32, backend="tensor", prefetch_factor=2,
@@ -277,6 +279,8 @@ def _collate_eval(batch):
 class TorchvisionEvalLoader:
     """Eval counterpart (the DALI-less fallback): same shards and transforms as DaliEvalLoader,
     and the same handling of bad files (raise; `drop_corrupt` for a training split's features)."""
+
+    backend = "torchvision"
 
     def __init__(self, root, *, batch_size, size=224, device="cpu", shard_id=0, num_shards=1,
                  num_threads=2, dtype=torch.float32, resize=None, samples=None,

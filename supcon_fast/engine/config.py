@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.datasets import DEFAULT_DIGITS_ROOT
 from ..models import ARCHS, HEADS, STEMS
 from .precision import AMP_CHOICES, LOSS_DTYPE_CHOICES, resolve_loss_dtype
 
@@ -20,15 +21,18 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 OPTIONS: dict[str, tuple] = {
     "config": ("demo", str, "YAML preset: a path or a name in configs/", None),
     # data
-    "data": ("data/digits", str, "dataset root holding train/<class>/ and val/<class>/ image folders", None),
-    "dataset": ("digits", str, "digits: the root is created from scikit-learn's digits if missing; "
-                "folder: an existing image folder; synthetic: random on-device tensors (profiling)",
-                ("digits", "folder", "synthetic")),
+    "data": (DEFAULT_DIGITS_ROOT, str, "dataset root holding train/<class>/ and val/<class>/ image folders "
+             "(read only: nothing is written inside it)", None),
+    "dataset": ("auto", str, "auto: the digits at their default root (data/digits, written if missing), "
+                "an existing image folder at any other --data; digits: scikit-learn's digits, written into a "
+                "missing or empty --data; folder: an existing image folder; synthetic: random on-device tensors "
+                "(profiling)", ("auto", "digits", "folder", "synthetic")),
     "size": (32, int, "crop size in pixels", None),
     "views": (2, int, "augmented views per image", None),
     "policy": ("simclr", str, "augmentation policy (see supcon_fast.data)", None),
-    "loader": ("auto", str, "auto: DALI (supcon_fast.data) when importable, else in memory (small sets)",
-               ("auto", "dali", "memory")),
+    "loader": ("auto", str, "auto: the DALI pipeline where nvidia.dali imports, else the torchvision loader "
+               "(same recipes; the run summary names the one used); dali: DALI or an error; memory: images "
+               "held in memory (small sets of one image size)", ("auto", "dali", "memory")),
     "crop_min_scale": (0.08, float, "smallest area fraction of the random resized crop", None),
     "num_threads": (2, int, "data-pipeline threads per process", None),
     "skip_corrupt": (False, bool, "leave out training images that cannot be read or decoded (each named in a "

@@ -13,7 +13,7 @@ import torch
 
 from .. import robustness as rb
 from . import checkpoint, config
-from .data import eval_resize
+from .data import eval_resize, with_data
 from .linear_eval import linear_eval, load_linear_head
 from .pretrain import build_pretrain_model
 from .runtime import Runtime
@@ -25,7 +25,7 @@ class Classifier(torch.nn.Module):
     def __init__(self, ckpt_path: str, device: str = "cpu", data: str | None = None, log=print):
         super().__init__()
         state = checkpoint.load(ckpt_path)
-        cfg = config.validate({**state["config"], **({"data": data} if data else {})})
+        cfg = config.validate(with_data(state["config"], data))
         self.cfg, self.device = cfg, torch.device(device)
         rt = Runtime(self.device)
         model = build_pretrain_model({**cfg, "sync_bn": False, "channels_last": False}, state["num_classes"], rt)

@@ -1,7 +1,19 @@
-"""Build the train / eval loaders a run needs from its config.
+"""The dataset and the train / eval loaders of a run, from its config.
 
-The DALI pipelines of ``supcon_fast.data`` are used where DALI is installed; otherwise
-(or for ``dataset: synthetic``) the in-memory sources of ``memdata`` with the same interface.
+Which dataset (``--dataset``):
+
+- ``auto`` (the default): scikit-learn's digits at the default root (``data/digits``, written there
+  if missing), an existing image folder anywhere else: ``--data PATH`` with ``PATH/train/<class>/``
+  and ``PATH/val/<class>/`` trains on it, and a mistyped path is an error, never a new dataset.
+- ``digits``: the digits, written at ``--data`` if missing (only into a missing or empty folder).
+- ``folder``: an existing image folder.  ``synthetic``: random on-device tensors (profiling).
+
+Nothing is ever written inside an existing dataset folder.
+
+Which loader (``--loader``): ``auto`` the DALI pipelines of ``supcon_fast.data`` where ``nvidia.dali``
+imports, else its torchvision loaders (same recipes, order and shards); ``dali`` DALI or an error;
+``memory`` the in-memory sources of ``memdata`` (small sets of one image size). ``Loaders.backend``
+is what actually runs, as the loaders themselves report it, never the request.
 """
 from __future__ import annotations
 
@@ -11,6 +23,11 @@ from dataclasses import dataclass, field
 import torch
 
 from . import memdata
+from .. import data as data_pkg
+from ..data.datasets import DEFAULT_DIGITS_ROOT, written_spec
+from ..data.folder import IMG_EXTENSIONS
+
+LAYOUT = "{root}/train/<class>/<image> and {root}/val/<class>/<image>"
 
 
 @dataclass
@@ -19,8 +36,14 @@ class Loaders:
     train_eval: object       # un-augmented train images, this rank's shard: yields (images, labels)
     val: object              # un-augmented val images, this rank's shard
     num_classes: int
-    backend: str             # "dali" | "memory" | "synthetic"
+    dataset: str             # "digits" | "folder" | "synthetic": what --dataset resolved to
+    root: str | None         # the dataset folder read (absolute); None when no folder is read
     load_skipped: dict = field(default_factory=dict)  # files left out while loading into memory
+
+    @property
+    def backend(self) -> str:
+        """What feeds the training batches: "dali" | "torchvision" | "memory" | "synthetic"."""
+        return self.train.backend
 
     def skipped(self) -> dict:
         """{path: reason} of the training files left out so far on this rank (--skip-corrupt)."""
@@ -28,6 +51,12 @@ class Loaders:
         for ld in (self.train, self.train_eval):
             out.update(getattr(ld, "skipped", {}))
         return out
+
+    def describe(self) -> dict:
+        """The data facts of the run summary and metrics.jsonl: what was read, from where, by what."""
+        return {"dataset": self.dataset, "data_root": self.root, "data_backend": self.backend,
+                "train_images": getattr(self.train, "num_samples", None),
+                "val_images": getattr(self.val, "num_samples", None)}
 
 
 def skipped_files(loaders: Loaders, distributed: bool = False) -> list[str]:
@@ -40,81 +69,128 @@ def skipped_files(loaders: Loaders, distributed: bool = False) -> list[str]:
     return sorted(set().union(*every))
 
 
-def _dali():
-    """The DALI loaders (supcon_fast.data), or None where DALI is not installed (e.g. the GPU machine)."""
-    try:
-        from supcon_fast import data
-        return data
-    except ImportError:
+def dataset_kind(cfg: dict) -> str:
+    """What ``--dataset`` means for this ``--data``: 'auto' is the digits only at their default root."""
+    if cfg["dataset"] != "auto":
+        return cfg["dataset"]
+    same = os.path.abspath(cfg["data"]) == os.path.abspath(DEFAULT_DIGITS_ROOT)
+    return "digits" if same else "folder"
+
+
+def with_data(cfg: dict, data: str | None) -> dict:
+    """``cfg`` reading another dataset root (tools re-evaluating a checkpoint elsewhere). A saved
+    ``dataset: digits`` asked for the digits at the saved root, so at another root it becomes 'auto'."""
+    if not data:
+        return cfg
+    return {**cfg, "data": data, "dataset": "auto" if cfg["dataset"] == "digits" else cfg["dataset"]}
+
+
+def check_folder(root: str) -> None:
+    """Raise an error naming ``root`` and the expected layout unless it holds train/ and val/ class
+    folders with images. Cheap: it stops at the first image of each split."""
+    expected = "expected " + LAYOUT.format(root=root)
+    if not os.path.isdir(root):
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise FileNotFoundError(f"data: {root!r} {what}; {expected} (--dataset digits writes "
+                                f"scikit-learn's digits into a missing folder)")
+    for split in ("train", "val"):
+        d = os.path.join(root, split)
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"data: {root!r} has no {split}/ folder{_layout_hint(root)}; {expected}")
+        classes = [e.path for e in os.scandir(d) if e.is_dir() and not e.name.startswith(".")]
+        if not classes:
+            raise ValueError(f"data: {d!r} holds no class folders; {expected}")
+        if not any(_has_image(c) for c in classes):
+            raise ValueError(f"data: no images under {d!r} (extensions {', '.join(IMG_EXTENSIONS)}); {expected}")
+
+
+def _has_image(folder: str) -> bool:
+    return any(f.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(folder, followlinks=True)
+               for f in files)
+
+
+def _layout_hint(root: str) -> str:
+    """Why a root without train/ may have been given: it is empty, or it is one split itself."""
+    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    if not entries:
+        return " (the folder is empty)"
+    if any(e.is_dir() and _has_image(e.path) for e in entries):
+        return f" (its sub-folders hold images: if they are classes, move them to {root}/train/ and add a val/)"
+    return ""
+
+
+def ensure_dataset(cfg: dict, rank: int = 0) -> str | None:
+    """Check the dataset root (writing the digits first where they are meant to be). Returns the
+    absolute root, or None for ``synthetic``. Errors name the path and the expected layout."""
+    kind = dataset_kind(cfg)
+    if kind == "synthetic":
         return None
-
-
-def ensure_dataset(cfg: dict, rank: int = 0) -> str:
-    """Create the digits folder if missing (``dataset: digits``); check the root otherwise. Returns the root."""
     root = cfg["data"]
-    if cfg["dataset"] == "digits":
-        if rank == 0 or not os.path.isdir(os.path.join(root, "val")):
-            from supcon_fast.data.datasets import make_digits  # idempotent and safe for concurrent ranks
+    if kind == "digits" and (rank == 0 or not os.path.isdir(os.path.join(root, "val"))):
+        from ..data.datasets import make_digits  # idempotent and safe for concurrent ranks
+        try:
             make_digits(root, size=32)
-    elif cfg["dataset"] == "folder":
-        for split in ("train", "val"):
-            if not os.path.isdir(os.path.join(root, split)):
-                raise FileNotFoundError(f"data: {os.path.join(root, split)!r} does not exist "
-                                        f"(expected {root}/train/<class>/ and {root}/val/<class>/)")
-    return root
+        except FileExistsError as e:     # a folder of something else: never written into
+            raise ValueError(f"data: {e}; to train on that folder pass --dataset folder") from None
+    check_folder(root)
+    return os.path.abspath(root)
 
 
 def eval_resize(cfg: dict) -> int | None:
-    """The eval pipeline's resize: digits are stored at (about) the training size, so no
+    """The eval pipeline's resize: the digits are stored at (about) the training size, so no
     resize-then-centre-crop margin is cut away; other folders use the loader's default margin."""
-    return cfg["size"] if cfg["dataset"] == "digits" else None
+    digits = dataset_kind(cfg) == "digits" or (written_spec(cfg["data"]) or {}).get("name") == "digits"
+    return cfg["size"] if digits else None
 
 
 def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> Loaders:
     per_rank = cfg["batch_size"] // world
-    if cfg["dataset"] == "synthetic":
-        # fixed random tensors for profiling; "val" shares them: the numbers mean nothing, the cost does
-        tr = memdata.SyntheticLoader(batch_size=per_rank, n_views=cfg["views"], size=cfg["size"],
-                                     num_classes=10, steps=100, device=device, seed=cfg["seed"] + rank)
-        images = (torch.rand(64, 3, cfg["size"], cfg["size"]) * 255).to(torch.uint8)
-        labels = torch.arange(64) % 10
-        ev = memdata.TensorEvalLoader(images, labels, batch_size=cfg["eval_batch_size"], size=cfg["size"],
-                                      device=device, shard_id=rank, num_shards=world)
-        return Loaders(tr, ev, ev, 10, "synthetic")
-    dali_pkg = _dali()
-    dali = dali_pkg if cfg["loader"] != "memory" else None
-    if cfg["dataset"] == "digits" and dali_pkg is None:
-        # no DALI on this machine (supcon_fast.data does not import): the digits straight from sklearn
-        (x_tr, y_tr), (x_va, y_va) = memdata.digits_in_memory(32)
-        return _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device)
+    kind = dataset_kind(cfg)
+    if kind == "synthetic":
+        return _synthetic_loaders(cfg, per_rank, rank, world, device)
     root = ensure_dataset(cfg, rank)
-    if cfg["loader"] == "dali" and dali is None:
-        raise ValueError("loader: 'dali' requested but supcon_fast.data.build_train_loader is not importable")
-    if dali is not None:
-        common = dict(size=cfg["size"], device=str(torch.device(device)), shard_id=rank, num_shards=world,
-                      num_threads=cfg["num_threads"])
-        tr = dali.build_train_loader(os.path.join(root, "train"), batch_size=per_rank, n_views=cfg["views"],
-                                     policy=cfg["policy"], seed=cfg["seed"], scale=(cfg["crop_min_scale"], 1.0),
-                                     skip_corrupt=cfg["skip_corrupt"], **common)
-        ev = dict(common, resize=eval_resize(cfg))
-        # train features (kNN bank, linear probe fit set) may drop what training skips; val may not
-        tre = dali.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],
-                                     drop_corrupt=cfg["skip_corrupt"], **ev)
-        val = dali.build_eval_loader(os.path.join(root, "val"), batch_size=cfg["eval_batch_size"], **ev)
-        num_classes = getattr(tr, "num_classes", None) or len(
-            [e for e in os.scandir(os.path.join(root, "train")) if e.is_dir()])
-        return Loaders(tr, tre, val, num_classes, "dali")
+    if cfg["loader"] != "memory":
+        return _folder_loaders(cfg, root, per_rank, rank, world, device, kind)
     x_tr, y_tr, _, skipped = memdata.load_folder(os.path.join(root, "train"), skip_corrupt=cfg["skip_corrupt"])
     x_va, y_va, _, _ = memdata.load_folder(os.path.join(root, "val"), evaluation=True)
-    loaders = _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device)
+    loaders = _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device, kind, root)
     loaders.load_skipped = skipped
     return loaders
 
 
-def _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device) -> Loaders:
+def _folder_loaders(cfg, root, per_rank, rank, world, device, kind) -> Loaders:
+    """supcon_fast.data's loaders: DALI, or with --loader auto its torchvision fallback."""
+    common = dict(size=cfg["size"], device=str(torch.device(device)), shard_id=rank, num_shards=world,
+                  num_threads=cfg["num_threads"], backend="dali" if cfg["loader"] == "dali" else "auto")
+    try:
+        tr = data_pkg.build_train_loader(os.path.join(root, "train"), batch_size=per_rank, n_views=cfg["views"],
+                                     policy=cfg["policy"], seed=cfg["seed"], scale=(cfg["crop_min_scale"], 1.0),
+                                     skip_corrupt=cfg["skip_corrupt"], **common)
+    except ImportError as e:         # --loader dali where DALI is not installed
+        raise ValueError(f"loader: {e}") from None
+    ev = dict(common, resize=eval_resize(cfg))
+    # train features (kNN bank, linear probe fit set) may drop what training skips; val may not
+    tre = data_pkg.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],
+                                 drop_corrupt=cfg["skip_corrupt"], **ev)
+    val = data_pkg.build_eval_loader(os.path.join(root, "val"), batch_size=cfg["eval_batch_size"], **ev)
+    return Loaders(tr, tre, val, tr.num_classes, kind, root)
+
+
+def _synthetic_loaders(cfg, per_rank, rank, world, device) -> Loaders:
+    # fixed random tensors for profiling; "val" shares them: the numbers mean nothing, the cost does
+    tr = memdata.SyntheticLoader(batch_size=per_rank, n_views=cfg["views"], size=cfg["size"],
+                                 num_classes=10, steps=100, device=device, seed=cfg["seed"] + rank)
+    images = (torch.rand(64, 3, cfg["size"], cfg["size"]) * 255).to(torch.uint8)
+    labels = torch.arange(64) % 10
+    ev = memdata.TensorEvalLoader(images, labels, batch_size=cfg["eval_batch_size"], size=cfg["size"],
+                                  device=device, shard_id=rank, num_shards=world)
+    return Loaders(tr, ev, ev, 10, "synthetic", None)
+
+
+def _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device, kind, root) -> Loaders:
     tr = memdata.TensorTrainLoader(x_tr, y_tr, batch_size=per_rank, n_views=cfg["views"], size=cfg["size"],
                                    policy=cfg["policy"], device=device, shard_id=rank, num_shards=world,
                                    seed=cfg["seed"], min_scale=cfg["crop_min_scale"])
     ev = dict(batch_size=cfg["eval_batch_size"], size=cfg["size"], device=device, shard_id=rank, num_shards=world)
     return Loaders(tr, memdata.TensorEvalLoader(x_tr, y_tr, **ev), memdata.TensorEvalLoader(x_va, y_va, **ev),
-                   tr.num_classes, "memory")
+                   tr.num_classes, kind, root)

@@ -37,12 +37,18 @@ class Logger:
         else:
             print(msg, file=sys.stderr, flush=True)
 
-    def metrics(self, kind: str, step: int, **values) -> None:
-        """One JSON line ``{"kind", "step", "time", **values}``; numbers also go to TensorBoard as kind/key."""
+    def record(self, kind: str, step: int, **values) -> None:
+        """One JSON line ``{"kind", "step", "time", **values}`` in metrics.jsonl only (facts, not curves)."""
         if not self.enabled:
             return
         rec = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **values}
         self._jsonl.write(json.dumps(rec) + "\n")
+
+    def metrics(self, kind: str, step: int, **values) -> None:
+        """``record``, and the numbers also go to TensorBoard as kind/key."""
+        if not self.enabled:
+            return
+        self.record(kind, step, **values)
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):

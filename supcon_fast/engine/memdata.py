@@ -68,29 +68,6 @@ def load_folder(root: str, *, skip_corrupt: bool = False, evaluation: bool = Fal
     return x, torch.tensor(labels, dtype=torch.int64), classes, skipped
 
 
-def digits_in_memory(size: int = 32, val_fraction: float = 0.2, seed: int = 0):
-    """scikit-learn's digits as uint8 RGB tensors, split as ``supcon_fast.data.make_digits`` splits them.
-
-    Fallback for machines where ``supcon_fast.data`` cannot be imported (no DALI): nothing is written.
-    Returns ((train images [N, 3, size, size], labels [N]), (val images, labels)).
-    """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    idx = np.arange(len(d.target))
-    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=d.target)
-    out = []
-    for ids in (tr, va):
-        ids = sorted(ids, key=lambda i: (d.target[i], i))     # the folder order: class, then file name
-        imgs = [np.asarray(Image.fromarray((d.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8), "L")
-                           .resize((size, size), Image.BICUBIC).convert("RGB")) for i in ids]
-        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-        out.append((x, torch.as_tensor(d.target[ids], dtype=torch.int64)))
-    return out[0], out[1]
-
-
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 or [0,1] float [B, 3, H, W] -> normalized float, channels-last."""
     if x.dtype == torch.uint8:
@@ -134,13 +111,15 @@ class TensorTrainLoader:
     ``B`` (``B`` = per-shard batch), so the shards of one step together are the single-process batch.
     """
 
+    backend = "memory"   # what the run summary reports as its data backend
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, n_views: int = 2,
                  size: int = 32, policy: str = "simclr", device="cpu", shard_id: int = 0, num_shards: int = 1,
                  seed: int = 0, min_scale: float = 0.08):
         self.images, self.labels, self.min_scale = images, labels, min_scale
         self.batch_size, self.n_views, self.size, self.policy = batch_size, n_views, size, policy
         self.device, self.shard_id, self.num_shards, self.seed = torch.device(device), shard_id, num_shards, seed
-        self.num_classes = int(labels.max()) + 1
+        self.num_classes, self.num_samples = int(labels.max()) + 1, len(labels)
         self.epoch, self._start, self._step = 0, 0, 0
         if len(self) == 0:
             raise ValueError(f"batch_size: global batch {batch_size * num_shards} exceeds the "
@@ -183,12 +162,14 @@ class TensorTrainLoader:
 class TensorEvalLoader:
     """Un-augmented batches (resize to ``size``) of one shard, every sample once (no drop_last)."""
 
+    backend = "memory"
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, size: int = 32,
                  device="cpu", shard_id: int = 0, num_shards: int = 1):
         self.images, self.labels, self.batch_size, self.size = images, labels, batch_size, size
         self.device = torch.device(device)
         self.index = torch.arange(shard_id, len(labels), num_shards)
-        self.num_classes = int(labels.max()) + 1
+        self.num_classes, self.num_samples = int(labels.max()) + 1, len(labels)   # all shards
 
     def __len__(self) -> int:
         return math.ceil(len(self.index) / self.batch_size)
@@ -204,6 +185,8 @@ class TensorEvalLoader:
 
 class SyntheticLoader:
     """Random on-device batches (generated once, replayed): input that costs nothing, for profiling."""
+
+    backend = "synthetic"
 
     def __init__(self, *, batch_size: int, n_views: int = 2, size: int = 224, num_classes: int = 1000,
                  steps: int = 100, device="cpu", seed: int = 0, channels_last: bool = True):

@@ -14,7 +14,7 @@ runs in it). The cross-entropy baseline's loss is always fp32.
 
 On CUDA a bf16/fp16 loss input runs the fused op's tensor-core kernels, fp32 the FFMA kernel. The CPU
 op upcasts fp16/bf16 to fp32 once, so there a low-precision loss input only rounds the features (see
-README, "Mixed precision", for what that costs against fp32).
+docs/results.md, "Loss input precision", for what that costs against fp32).
 """
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST = "manifest.json"
 # relative CE needs the baseline to degrade: at least 5 error points summed over the 5 severities
 MIN_DEGRADATION = 0.05
+# imagecorruptions refuses images under 32 px a side (Fashion-MNIST is 28)
+MIN_SIDE = 32
 
 
 def list_split(root: str | os.PathLike) -> list[tuple[Path, str]]:
@@ -49,6 +51,12 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) 
         raise ValueError(f"corruption: unknown {corruption!r}; choose from {CORRUPTIONS}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity: must be one of {SEVERITIES}, got {severity}")
+    h, w = image.shape[:2]
+    ph, pw = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
+    if ph or pw:  # too small: corrupt an edge-padded copy and keep its centre, so no pixel is resampled
+        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+        out = corrupt_image(np.pad(image, pad, mode="edge"), corruption, severity, seed)
+        return out[ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
     # most corruptions draw from numpy's global generator (frost picks its texture with it); the two that
     # own a generator (impulse_noise: scikit-image's; glass_blur: numba's) take the seed as an argument
     kwargs = {"seed": seed % 2**32} if corruption in ("impulse_noise", "glass_blur") else {}

@@ -2,6 +2,7 @@
 
     python tools/make_dataset.py digits data/digits              # sklearn digits, 32x32 JPEGs
     python tools/make_dataset.py synthetic data/synthetic --images 400 --classes 10
+    python tools/make_dataset.py fashion-mnist data/fashion_mnist  # apt-get install dataset-fashion-mnist
     python tools/make_dataset.py check data/digits               # corrupt files, empty classes
 
 Writers are idempotent (a manifest records a completed write). `check` exits 1 if it finds a
@@ -13,7 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from supcon_fast.data import check_dataset, make_digits, make_synthetic  # noqa: E402
+from supcon_fast.data import check_dataset, make_digits, make_fashion_mnist, make_synthetic  # noqa: E402
+from supcon_fast.data.fashion_mnist import SOURCE as FASHION_SOURCE  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,12 +30,18 @@ def main(argv=None) -> int:
     s.add_argument("--classes", type=int, default=10)
     s.add_argument("--val-images", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("fashion-mnist", help="Fashion-MNIST from its Debian package's IDX files as "
+                       "ROOT/{train,val}/<class>/*.jpg (the official 60,000 / 10,000 split)")
+    f.add_argument("root")
+    f.add_argument("--source", default=FASHION_SOURCE, help="folder of the four IDX .gz files (read only)")
     c = sub.add_parser("check", help="report corrupt images, empty classes and stray files")
     c.add_argument("root")
     a = p.parse_args(argv)
     try:
         if a.cmd == "digits":
             print(make_digits(a.root, size=a.size))
+        elif a.cmd == "fashion-mnist":
+            print(make_fashion_mnist(a.root, source=a.source))
         elif a.cmd == "synthetic":
             print(make_synthetic(a.root, images=a.images, classes=a.classes,
                                  val_images=a.val_images, seed=a.seed))

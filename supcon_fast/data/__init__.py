@@ -14,12 +14,13 @@ import torch
 
 from .datasets import (DEFAULT_DIGITS_ROOT, CheckReport, check_dataset, make_digits,
                        make_synthetic)
+from .fashion_mnist import make_fashion_mnist
 from .folder import Samples, scan
 from .recipe import IMAGENET_MEAN, IMAGENET_STD, POLICIES, check_policy
 
 __all__ = ["build_train_loader", "build_eval_loader", "dali_available", "make_digits",
-           "make_synthetic", "check_dataset", "CheckReport", "scan", "Samples", "POLICIES",
-           "DEFAULT_DIGITS_ROOT", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "make_synthetic", "make_fashion_mnist", "check_dataset", "CheckReport", "scan",
+           "Samples", "POLICIES", "DEFAULT_DIGITS_ROOT", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr", device="cpu",

@@ -25,6 +25,7 @@ import torch
 from . import memdata
 from .. import data as data_pkg
 from ..data.datasets import DEFAULT_DIGITS_ROOT, written_spec
+from ..data.fashion_mnist import SPEC_NAME as FASHION_MNIST
 from ..data.folder import IMG_EXTENSIONS
 
 LAYOUT = "{root}/train/<class>/<image> and {root}/val/<class>/<image>"
@@ -92,7 +93,8 @@ def check_folder(root: str) -> None:
     if not os.path.isdir(root):
         what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
         raise FileNotFoundError(f"data: {root!r} {what}; {expected} (--dataset digits writes "
-                                f"scikit-learn's digits into a missing folder)")
+                                f"scikit-learn's digits into a missing folder; `python tools/make_dataset.py "
+                                f"fashion-mnist {root}` writes Fashion-MNIST there)")
     for split in ("train", "val"):
         d = os.path.join(root, split)
         if not os.path.isdir(d):
@@ -137,10 +139,12 @@ def ensure_dataset(cfg: dict, rank: int = 0) -> str | None:
 
 
 def eval_resize(cfg: dict) -> int | None:
-    """The eval pipeline's resize: the digits are stored at (about) the training size, so no
-    resize-then-centre-crop margin is cut away; other folders use the loader's default margin."""
-    digits = dataset_kind(cfg) == "digits" or (written_spec(cfg["data"]) or {}).get("name") == "digits"
-    return cfg["size"] if digits else None
+    """The eval pipeline's resize: the digits and Fashion-MNIST are stored at (about) the training
+    size, objects filling the frame, so no resize-then-centre-crop margin is cut away; other folders
+    use the loader's default margin."""
+    written = (written_spec(cfg["data"]) or {}).get("name")
+    whole = dataset_kind(cfg) == "digits" or written in ("digits", FASHION_MNIST)
+    return cfg["size"] if whole else None
 
 
 def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> Loaders:

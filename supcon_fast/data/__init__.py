@@ -4,7 +4,7 @@
 
 DALI is imported lazily (when a pipeline is built), so `make_digits`, `scan` and `check_dataset`
 work without it, and `backend="auto"` (the default) falls back to the torchvision loader where
-DALI is not installed (this project's GPU machine has none).
+DALI is not installed.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The augmentation recipes as numbers, shared by the DALI graphs (policies.py) and the
 torchvision baseline so both run the same recipe. No DALI import here: the package must import on
-machines without DALI (the GPU machine of this project has none)."""
+machines without DALI (GPU machines included)."""
 
 POLICIES = ("simclr", "randaugment", "autoaugment", "simaugment", "none")
 

@@ -1,13 +1,17 @@
-"""Tiny JPEG datasets for the data tests (imported by tests/test_data_*.py; not a conftest).
+"""Tiny datasets for the tests (imported by the test modules; not a conftest): JPEG class folders for
+the data and training tests, and a stand-in for the Fashion-MNIST IDX files.
 
 Each class has a dominant colour channel (class c -> channel c brighter), so a view's class can be
 read off its pixels when the policy keeps colours ('none'), plus texture so that two crops of one
 image differ. 23 images: no batch size used in the tests divides it.
 """
+import gzip
 import os
 
 import numpy as np
 import pytest
+
+from supcon_fast.data import fashion_mnist as fm
 
 N_IMAGES = 23
 N_CLASSES = 3
@@ -70,3 +74,51 @@ def write_unusual(root, cls="cls0"):
         img.save(p, format=fmt)
         out.append(p)
     return out
+
+
+def make_tiny_folder(root, n_per_class=8, classes=3, size=16):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_per_class), ("val", 4)):
+        for c in range(classes):
+            os.makedirs(root / split / str(c), exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8) // 2 + 40 * c
+                Image.fromarray(img).save(root / split / str(c) / f"{i}.jpg", quality=95)
+    return root
+
+
+def tiny_argv(data, out, **kw):
+    argv = ["--dataset", "folder", "--data", str(data), "--out", str(out), "--arch", "resnet18", "--width", "4",
+            "--size", "16", "--batch-size", "8", "--epochs", "1", "--linear-epochs", "2", "--eval-batch-size", "16",
+            "--log-every", "1"]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
+
+
+def write_idx(path, arr):
+    """arr uint8 of 3 (images) or 1 (labels) dimensions as a gzipped IDX file."""
+    magic = {3: 0x00000803, 1: 0x00000801}[arr.ndim]
+    head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + np.ascontiguousarray(arr, np.uint8).tobytes())
+
+
+def write_fashion_source(folder, n_train=30, n_test=20, seed=0):
+    """A tiny stand-in for /usr/share/datasets/fashion-mnist: the four files under their real
+    names, every class in both splits, images a smooth class-dependent pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    yy, xx = np.mgrid[0:28, 0:28]
+    data = {}
+    for split, n in (("train", n_train), ("val", n_test)):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(y)
+        x = np.stack([np.clip(120 + 100 * np.sin((xx + 3 * c) / (2 + c)) + rng.normal(0, 8, (28, 28)),
+                              0, 255) for c in y]).astype(np.uint8)
+        images, labels = fm.FILES[split]
+        write_idx(os.path.join(folder, images), x)
+        write_idx(os.path.join(folder, labels), y)
+        data[split] = (x, y)
+    return data

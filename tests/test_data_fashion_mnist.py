@@ -12,34 +12,9 @@ from PIL import Image
 from supcon_fast.data import fashion_mnist as fm
 from supcon_fast.data import make_fashion_mnist, scan
 
+from data_fixtures import write_fashion_source, write_idx
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_idx(path, arr):
-    """arr uint8 of 3 (images) or 1 (labels) dimensions as a gzipped IDX file."""
-    magic = {3: 0x00000803, 1: 0x00000801}[arr.ndim]
-    head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(head + np.ascontiguousarray(arr, np.uint8).tobytes())
-
-
-def write_fashion_source(folder, n_train=30, n_test=20, seed=0):
-    """A tiny stand-in for /usr/share/datasets/fashion-mnist: the four files under their real
-    names, every class in both splits, images a smooth class-dependent pattern plus noise."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    yy, xx = np.mgrid[0:28, 0:28]
-    data = {}
-    for split, n in (("train", n_train), ("val", n_test)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        rng.shuffle(y)
-        x = np.stack([np.clip(120 + 100 * np.sin((xx + 3 * c) / (2 + c)) + rng.normal(0, 8, (28, 28)),
-                              0, 255) for c in y]).astype(np.uint8)
-        images, labels = fm.FILES[split]
-        write_idx(os.path.join(folder, images), x)
-        write_idx(os.path.join(folder, labels), y)
-        data[split] = (x, y)
-    return data
 
 
 def _tree(root):

@@ -1,5 +1,4 @@
 """Global-batch contrast: 2 gloo processes with DDP give the single-process loss and gradients."""
-import os
 
 import pytest
 import torch

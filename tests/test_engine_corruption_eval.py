@@ -12,7 +12,7 @@ from supcon_fast import robustness as rb  # noqa: E402
 from supcon_fast.engine import config  # noqa: E402
 from supcon_fast.engine.corruption_eval import Classifier, evaluate, top1_error  # noqa: E402
 from supcon_fast.engine.run import run  # noqa: E402
-from test_train_smoke import make_tiny_folder, tiny_argv  # noqa: E402
+from data_fixtures import make_tiny_folder, tiny_argv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

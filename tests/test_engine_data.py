@@ -13,7 +13,7 @@ from supcon_fast.data import DEFAULT_DIGITS_ROOT
 from supcon_fast.engine import config
 from supcon_fast.engine.data import dataset_kind, ensure_dataset, eval_resize, with_data
 from supcon_fast.engine.run import run
-from test_train_smoke import make_tiny_folder
+from data_fixtures import make_tiny_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import yaml
 from supcon_fast.data import make_fashion_mnist
 from supcon_fast.engine import config
 from supcon_fast.engine.run import run
-from test_data_fashion_mnist import write_fashion_source
+from data_fixtures import write_fashion_source
 
 PRESETS = ("fashion_mnist", "fashion_mnist_cpu")
 # what makes them a 28 px greyscale recipe; the values themselves are argued in the YAML comments

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICES, loss_and_grad, rel_err, sample_inputs
+from helpers import DEVICES, loss_and_grad, rel_err, sample_inputs
 from supcon_fast import SupConLoss, ops, supcon_loss, supcon_loss_reference
 
 

@@ -7,7 +7,7 @@ multiple of any tile) and cover every listed bsz, n_views and dim at least once.
 import pytest
 import torch
 
-from conftest import DEVICES, loss_and_grad, rel_err, sample_inputs
+from helpers import DEVICES, loss_and_grad, rel_err, sample_inputs
 from supcon_fast import supcon_loss, supcon_loss_reference
 from supcon_fast.reference import supcon_per_anchor_reference
 

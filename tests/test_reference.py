@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import sample_inputs
+from helpers import sample_inputs
 from supcon_fast.reference import flatten_views, supcon_loss_reference, supcon_per_anchor_reference
 
 

@@ -8,7 +8,7 @@ import torch
 
 from supcon_fast.engine import config
 from supcon_fast.engine.run import run
-from test_train_smoke import make_tiny_folder as make_folder
+from data_fixtures import make_tiny_folder as make_folder
 
 
 def make_tiny_folder(root):

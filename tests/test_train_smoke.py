@@ -2,7 +2,6 @@
 non-finite losses stop the run naming the step; the CLI stops cleanly on SIGTERM and prints JSON last."""
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,28 +16,9 @@ from supcon_fast.engine import config
 from supcon_fast.engine.pretrain import NonFiniteLossError
 from supcon_fast.engine.run import run
 
+from data_fixtures import make_tiny_folder, tiny_argv
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_tiny_folder(root, n_per_class=8, classes=3, size=16):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_per_class), ("val", 4)):
-        for c in range(classes):
-            os.makedirs(root / split / str(c), exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8) // 2 + 40 * c
-                Image.fromarray(img).save(root / split / str(c) / f"{i}.jpg", quality=95)
-    return root
-
-
-def tiny_argv(data, out, **kw):
-    argv = ["--dataset", "folder", "--data", str(data), "--out", str(out), "--arch", "resnet18", "--width", "4",
-            "--size", "16", "--batch-size", "8", "--epochs", "1", "--linear-epochs", "2", "--eval-batch-size", "16",
-            "--log-every", "1"]
-    for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
-    return argv
 
 
 @pytest.fixture(scope="module")

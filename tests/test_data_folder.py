@@ -67,6 +67,16 @@ def test_eval_shards_exact_cover(num_shards):
     assert np.array_equal(np.concatenate(parts), np.arange(N_IMAGES))
 
 
+def test_spread_indices_keep_every_class_in_its_share():
+    labels = np.repeat(np.arange(10), 6000)           # a folder lists its images class by class
+    idx = folder.spread_indices(len(labels), 10000)
+    assert len(idx) == 10000 and len(np.unique(idx)) == 10000 and idx.max() < len(labels)
+    assert set(np.bincount(labels[idx])) <= {1000}    # the first 10,000 would be classes 0 and 1 only
+    assert np.array_equal(folder.spread_indices(7, 0), np.arange(7))
+    assert np.array_equal(folder.spread_indices(7, 9), np.arange(7))
+    assert len(folder.spread_indices(7, 3)) == 3
+
+
 def test_shard_args_are_checked():
     with pytest.raises(ValueError, match="shard_id"):
         folder.check_shard_args(2, 2)

@@ -36,6 +36,18 @@ def test_data_path_alone_trains_on_that_folder_and_writes_nothing_there(tmp_path
     assert snapshot(data) == before
 
 
+@pytest.mark.parametrize("loader", ["auto", "memory"])
+def test_knn_bank_holds_every_class_when_capped(tmp_path, loader):
+    from supcon_fast.engine.data import build_loaders
+    data = make_tiny_folder(tmp_path / "d", n_per_class=8, classes=3)
+    cfg = config.resolve(["--data", str(data), "--out", str(tmp_path / "o"), "--size", "16", "--batch-size", "8",
+                          "--knn-max-train", "6", "--eval-batch-size", "4", "--loader", loader])
+    loaders = build_loaders(cfg)
+    labels = [int(v) for _, y in loaders.knn_bank for v in y.view(-1)]
+    assert sorted(labels) == [0, 0, 1, 1, 2, 2]           # not the first 6 (class 0 only)
+    assert sum(y.numel() for _, y in loaders.train_eval) == 24
+
+
 def test_dataset_kind():
     assert dataset_kind({"dataset": "auto", "data": DEFAULT_DIGITS_ROOT}) == "digits"
     assert dataset_kind({"dataset": "auto", "data": os.path.abspath(DEFAULT_DIGITS_ROOT)}) == "digits"

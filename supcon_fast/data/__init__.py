@@ -71,7 +71,7 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
 
 def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, num_shards=1,
                       num_threads=2, dtype=torch.float32, resize=None, skip_corrupt=False,
-                      verify="header", backend="auto", drop_corrupt=False):
+                      verify="header", backend="auto", drop_corrupt=False, max_images=0):
     """Eval loader: resize the shorter side to `resize` (default size / 0.875), centre-crop
     `size`, normalize. Yields `(images [B, 3, size, size] channels-last, labels int64 [B])`.
     Shards are contiguous slices: across shards every image is seen exactly once per pass (no
@@ -81,8 +81,10 @@ def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, n
     ValueError naming it, and `skip_corrupt=True` is refused. `drop_corrupt=True` drops such
     files with a warning: only for features of a *training* split (a kNN bank, a linear probe's
     fit set, e.g. the trainer's under --skip-corrupt), never for the split a score is reported on.
+    `max_images` > 0 reads at most that many images, evenly spread over the sorted list so that
+    every class keeps its share (a kNN bank); 0 reads them all.
     """
-    from . import corrupt
+    from . import corrupt, folder
     from .loaders import DaliEvalLoader, load_samples
 
     if skip_corrupt:
@@ -93,6 +95,7 @@ def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, n
     backend = _pick_backend(backend)
     samples = load_samples(root, verify=verify, skip_corrupt=drop_corrupt,
                            error=corrupt.eval_error)
+    samples = folder.spread_subset(samples, max_images)
     if backend == "torchvision":
         from .torchvision_baseline import TorchvisionEvalLoader
 

@@ -126,6 +126,24 @@ def find_bad_headers(paths) -> dict:
     return bad
 
 
+def spread_indices(n, k) -> np.ndarray:
+    """At most ``k`` of ``range(n)``, evenly spaced (all of them when ``k`` is 0 or >= n). A folder
+    lists its images class by class, so an even spread keeps every class in proportion where the
+    first ``k`` would hold only the first classes."""
+    if not k or k >= n:
+        return np.arange(n)
+    return np.arange(k) * n // k
+
+
+def spread_subset(samples: Samples, k) -> Samples:
+    """``samples`` cut to at most ``k`` images by ``spread_indices`` (0: all of them)."""
+    idx = spread_indices(len(samples), k)
+    if len(idx) == len(samples):
+        return samples
+    return Samples([samples.paths[i] for i in idx], samples.labels[idx], samples.classes,
+                   samples.root, samples.skipped)
+
+
 def epoch_permutation(n, seed, epoch) -> np.ndarray:
     """The global order of epoch `epoch`: a function of (seed, epoch) only, identical on all ranks,
     so shards are disjoint without any communication."""

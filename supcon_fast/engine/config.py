@@ -86,7 +86,7 @@ OPTIONS: dict[str, tuple] = {
     "eval_batch_size": (256, int, "batch size of feature extraction", None),
     "knn_every": (1, int, "kNN accuracy on val every N epochs (0: never)", None),
     "knn_k": (20, int, "neighbours of the kNN monitor", None),
-    "knn_max_train": (50000, int, "at most this many train images in the kNN bank", None),
+    "knn_max_train": (50000, int, "at most this many train images in the kNN bank, evenly spread over the classes (0: all)", None),
 }
 
 

@@ -26,7 +26,7 @@ from . import memdata
 from .. import data as data_pkg
 from ..data.datasets import DEFAULT_DIGITS_ROOT, written_spec
 from ..data.fashion_mnist import SPEC_NAME as FASHION_MNIST
-from ..data.folder import IMG_EXTENSIONS
+from ..data.folder import IMG_EXTENSIONS, spread_indices
 
 LAYOUT = "{root}/train/<class>/<image> and {root}/val/<class>/<image>"
 
@@ -40,6 +40,7 @@ class Loaders:
     dataset: str             # "digits" | "folder" | "synthetic": what --dataset resolved to
     root: str | None         # the dataset folder read (absolute); None when no folder is read
     load_skipped: dict = field(default_factory=dict)  # files left out while loading into memory
+    knn_bank: object = None  # up to --knn-max-train un-augmented train images, every class in its share
 
     @property
     def backend(self) -> str:
@@ -177,7 +178,9 @@ def _folder_loaders(cfg, root, per_rank, rank, world, device, kind) -> Loaders:
     tre = data_pkg.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],
                                  drop_corrupt=cfg["skip_corrupt"], **ev)
     val = data_pkg.build_eval_loader(os.path.join(root, "val"), batch_size=cfg["eval_batch_size"], **ev)
-    return Loaders(tr, tre, val, tr.num_classes, kind, root)
+    bank = data_pkg.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],
+                                      drop_corrupt=cfg["skip_corrupt"], max_images=cfg["knn_max_train"], **ev)
+    return Loaders(tr, tre, val, tr.num_classes, kind, root, knn_bank=bank)
 
 
 def _synthetic_loaders(cfg, per_rank, rank, world, device) -> Loaders:
@@ -188,7 +191,7 @@ def _synthetic_loaders(cfg, per_rank, rank, world, device) -> Loaders:
     labels = torch.arange(64) % 10
     ev = memdata.TensorEvalLoader(images, labels, batch_size=cfg["eval_batch_size"], size=cfg["size"],
                                   device=device, shard_id=rank, num_shards=world)
-    return Loaders(tr, ev, ev, 10, "synthetic", None)
+    return Loaders(tr, ev, ev, 10, "synthetic", None, knn_bank=ev)
 
 
 def _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device, kind, root) -> Loaders:
@@ -196,5 +199,6 @@ def _memory_loaders(cfg, x_tr, y_tr, x_va, y_va, per_rank, rank, world, device, 
                                    policy=cfg["policy"], device=device, shard_id=rank, num_shards=world,
                                    seed=cfg["seed"], min_scale=cfg["crop_min_scale"])
     ev = dict(batch_size=cfg["eval_batch_size"], size=cfg["size"], device=device, shard_id=rank, num_shards=world)
+    bank = torch.from_numpy(spread_indices(len(y_tr), cfg["knn_max_train"]))
     return Loaders(tr, memdata.TensorEvalLoader(x_tr, y_tr, **ev), memdata.TensorEvalLoader(x_va, y_va, **ev),
-                   tr.num_classes, kind, root)
+                   tr.num_classes, kind, root, knn_bank=memdata.TensorEvalLoader(x_tr[bank], y_tr[bank], **ev))

@@ -23,24 +23,19 @@ def _gather_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract(encoder: torch.nn.Module, loader, *, amp=None, max_items: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def extract(encoder: torch.nn.Module, loader, *, amp=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder features of every image the loader yields on any rank.
 
     Returns (features fp32 [N, D], labels int64 [N]) on the loader's device, identical on all ranks.
-    ``max_items`` > 0 stops each rank after about ``max_items / world`` images (kNN bank cap).
     """
     was_training = encoder.training
     encoder.eval()
-    feats, labels, seen = [], [], 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    feats, labels = [], []
     for x, y in loader:
         with autocast(amp, x.device):
             f = encoder(x)
         feats.append(f.float())
         labels.append(y.view(-1).long())
-        seen += y.numel()
-        if max_items and seen * world >= max_items:
-            break
     encoder.train(was_training)
     return _gather_rows(torch.cat(feats)), _gather_rows(torch.cat(labels))
 

@@ -215,7 +215,7 @@ def pretrain(cfg: dict, rt: Runtime, loaders, out_dir: str | Path, logger, *, on
 
 def run_knn(model, loaders, cfg: dict, amp) -> float:
     encoder = model.encoder
-    tr_f, tr_y = extract(encoder, loaders.train_eval, amp=amp, max_items=cfg["knn_max_train"])
+    tr_f, tr_y = extract(encoder, loaders.knn_bank, amp=amp)
     va_f, va_y = extract(encoder, loaders.val, amp=amp)
     model.train()
     return knn_accuracy(tr_f, tr_y, va_f, va_y, k=cfg["knn_k"])

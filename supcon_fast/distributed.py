@@ -1,8 +1,10 @@
-"""Global-batch contrast across ranks: an autograd-aware all-gather whose backward is a reduce-scatter.
+"""Rows across ranks: the one place the package gathers tensors and asks for the world size.
 
-Each rank holds its local rows ``x [n, ...]``; ``gather_rows`` returns ``[world * n, ...]`` in rank
-order, and its backward sums every rank's gradient of the gathered tensor and hands each rank its own
-slice (a reduce-scatter; on gloo, which lacks one, an all-reduce then a slice). Works with NCCL and gloo.
+Global-batch contrast: each rank holds its local rows ``x [n, ...]``; ``gather_rows`` returns
+``[world * n, ...]`` in rank order, and its backward sums every rank's gradient of the gathered tensor
+and hands each rank its own slice (a reduce-scatter; on gloo, which lacks one, an all-reduce then a
+slice). ``gather_ragged_rows`` concatenates shards of different lengths (features of an eval split).
+Works with NCCL and gloo; without an initialized process group every function is the identity.
 """
 from __future__ import annotations
 
@@ -18,11 +20,16 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _check_same_rows(x: torch.Tensor) -> None:
+def _row_counts(x: torch.Tensor) -> list[int]:
+    """Every rank's ``x.shape[0]``, in rank order."""
     n = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
+    return [int(s) for s in sizes]
+
+
+def _check_same_rows(x: torch.Tensor) -> None:
+    sizes = _row_counts(x)
     if len(set(sizes)) != 1:
         raise ValueError(f"gather: every rank must hold the same number of rows (the same local batch); "
                          f"got {sizes} across ranks")
@@ -66,6 +73,19 @@ def gather_rows(x: torch.Tensor, check: bool = True) -> torch.Tensor:
     if x.requires_grad:
         return _GatherRows.apply(x)
     return _all_gather(x)
+
+
+def gather_ragged_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows concatenated in rank order, when ranks hold different counts:
+    [n_r, ...] on rank r -> [sum n_r, ...] on every rank (no autograd)."""
+    if world_size() == 1:
+        return x
+    sizes = _row_counts(x)
+    m = max(sizes)
+    pad = x.new_zeros((m - x.shape[0], *x.shape[1:]))
+    parts = [x.new_empty((m, *x.shape[1:])) for _ in sizes]
+    dist.all_gather(parts, torch.cat([x, pad]))
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

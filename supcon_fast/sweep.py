@@ -1,9 +1,11 @@
 """Hyperparameter-stability sweep: SupCon and cross-entropy over a small grid, and the spread of their accuracy.
 
 The paper's claim: SupCon's accuracy varies less than cross-entropy's across optimizers, augmentations
-and learning rates. A sweep runs ``tools/train.py`` once per grid point (a subprocess each, so every run
-is a plain, resumable training run with its own output folder) and reports, per method, the min /
-median / max of linear top-1 (SupCon) or of top-1 (CE: its own classifier; linear probe too).
+and learning rates. A sweep calls the training entry point (``supcon_fast.train.train``) once per grid
+point, in this process, with that point's options (every run a plain, resumable training run with its
+own output folder, the same as ``python -m supcon_fast.train`` with those options) and reports, per
+method, the min / median / max of linear top-1 (SupCon) or of top-1 (CE: its own classifier; linear
+probe too).
 
 Grid (YAML or dict): ``{"loss": [...], "lr_scale": [...], "optimizer": [...], "policy": [...], "base_lr": {...},
 "base": {...}}``; ``lr_scale`` multiplies the base lr of the (loss, optimizer) pair: ``base_lr[loss]`` is a
@@ -17,9 +19,10 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from .engine.pretrain import NonFiniteLossError
+from .train import train
 
 DEFAULT_GRID = {
     "loss": ["supcon", "ce"],
@@ -55,25 +58,47 @@ def expand_grid(grid: dict) -> list[dict]:
     return points
 
 
-def train_command(point: dict, out_root: str, python: str = sys.executable) -> list[str]:
-    root = Path(__file__).resolve().parent.parent
-    cmd = [python, str(root / "tools" / "train.py"), "--out", str(Path(out_root) / point["name"]), "--resume", "auto"]
+def train_argv(point: dict, out_root: str) -> list[str]:
+    """The training options of one grid point (its own folder under ``out_root``, resumed if there)."""
+    argv = ["--out", str(Path(out_root) / point["name"]), "--resume", "auto"]
     for k, v in point.items():
         if k in ("name", "lr_scale"):
             continue
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    return cmd
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
 
 
-def run_point(point: dict, out_root: str, log=print) -> dict:
-    """Trains one grid point (resuming if its folder has a checkpoint); returns its summary JSON."""
-    cmd = train_command(point, out_root)
-    log(f"[sweep] {point['name']}: {' '.join(cmd[1:])}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    last = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not last:
-        return {**point, "status": "failed", "error": (proc.stderr or proc.stdout)[-800:]}
-    return {**point, **json.loads(last[-1])}
+def run_point(point: dict, out_root: str, log=print, train_fn=train) -> dict:
+    """Trains one grid point (resuming if its folder has a checkpoint); returns its summary. A point
+    that fails (bad options, a diverged run) is recorded as failed with the error, and the sweep goes on."""
+    argv = train_argv(point, out_root)
+    log(f"[sweep] {point['name']}: python -m supcon_fast.train {' '.join(argv)}")
+    try:
+        summary = train_fn(argv)
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
+        return {**point, "status": "failed", "error": str(e)[-800:]}
+    return {**point, **summary}
+
+
+def run_sweep(points: list[dict], out_root: str, log=print, train_fn=train) -> list[dict]:
+    """Every grid point in turn; a point finished before (its ``result.json``) is reused, an unfinished
+    one resumes. Returns one result per point, in order."""
+    results = []
+    for i, point in enumerate(points):
+        done = os.path.join(out_root, point["name"], "result.json")
+        if os.path.exists(done):
+            with open(done) as f:
+                res = json.load(f)
+        else:
+            res = run_point(point, out_root, log, train_fn)
+            if res.get("status") == "done":
+                os.makedirs(os.path.dirname(done), exist_ok=True)
+                with open(done, "w") as f:
+                    json.dump(res, f)
+        results.append(res)
+        log(f"[sweep {i + 1}/{len(points)}] {point['name']}: linear top-1 {res.get('linear_top1')} "
+            f"({res.get('status')})")
+    return results
 
 
 def accuracy(result: dict) -> float | None:

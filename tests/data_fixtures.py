@@ -7,6 +7,7 @@ image differ. 23 images: no batch size used in the tests divides it.
 """
 import gzip
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ N_IMAGES = 23
 N_CLASSES = 3
 
 
-def write_tiny(root, n=N_IMAGES, classes=N_CLASSES, seed=0):
+def write_tiny(root, n=N_IMAGES, classes=N_CLASSES, seed=0, size=None):
+    """One split: ``n`` JPEGs, image i in class folder ``cls{i % classes}``; sides of 36-59 px, or
+    ``size`` x ``size`` (the in-memory loader needs one size). Returns ``str(root)``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -25,7 +28,7 @@ def write_tiny(root, n=N_IMAGES, classes=N_CLASSES, seed=0):
         os.makedirs(os.path.join(root, f"cls{c}"), exist_ok=True)
     for i in range(n):
         c = i % classes
-        h, w = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+        h, w = (size, size) if size else (int(rng.integers(36, 60)), int(rng.integers(36, 60)))
         img = rng.integers(0, 90, (h, w, 3)).astype(np.uint8)
         img[..., c] += 150  # dominant channel identifies the class
         img[: h // 2, : w // 3] //= 2  # some structure so different crops differ
@@ -77,14 +80,10 @@ def write_unusual(root, cls="cls0"):
 
 
 def make_tiny_folder(root, n_per_class=8, classes=3, size=16):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_per_class), ("val", 4)):
-        for c in range(classes):
-            os.makedirs(root / split / str(c), exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8) // 2 + 40 * c
-                Image.fromarray(img).save(root / split / str(c) / f"{i}.jpg", quality=95)
+    """A dataset root (the trainer's layout): train/ with ``n_per_class`` images a class, val/ with 4."""
+    root = Path(root)
+    write_tiny(root / "train", n=n_per_class * classes, classes=classes, seed=0, size=size)
+    write_tiny(root / "val", n=4 * classes, classes=classes, seed=1, size=size)
     return root
 
 

@@ -123,7 +123,7 @@ def test_eval_keeps_the_whole_image(tmp_path, source):
 @pytest.mark.parametrize("corruption", ["gaussian_noise", "zoom_blur", "elastic_transform"])
 def test_28px_images_can_be_corrupted(corruption):
     """imagecorruptions refuses images under 32 px: robustness pads, corrupts, and keeps the centre."""
-    from supcon_fast import robustness as rb
+    from supcon_fast.robustness import corruptions as rb
 
     img = np.repeat(np.random.default_rng(0).integers(0, 256, (28, 28, 1), dtype=np.uint8), 3, axis=2)
     a = rb.corrupt_image(img, corruption, 3, seed=5)

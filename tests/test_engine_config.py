@@ -88,3 +88,19 @@ def test_cli_errors_are_clear(tmp_path):
                         "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert "data" in r.stderr and "missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_older_names_still_load(tmp_path):
+    """--loader, a saved `loader:` (configs and checkpoints of older runs), --dataset synthetic and the
+    backend name 'torchvision' all land on today's `backend`."""
+    assert config.resolve(["--loader", "memory"])["backend"] == "memory"
+    assert config.resolve(["--dataset", "synthetic"])["backend"] == "synthetic"
+    old = tmp_path / "old.yaml"
+    old.write_text("loader: memory\nbatch_size: 64\n")
+    cfg = config.resolve(["--config", str(old)])
+    assert cfg["backend"] == "memory" and "loader" not in cfg
+    assert config.resolve(["--config", str(old), "--backend", "dali"])["backend"] == "dali"
+    saved = {**config.defaults(), "loader": "auto"}
+    del saved["backend"]
+    assert config.validate(saved)["backend"] == "auto"
+    assert config.validate({**config.defaults(), "backend": "torchvision"})["backend"] == "torch"

@@ -41,7 +41,7 @@ def test_knn_bank_holds_every_class_when_capped(tmp_path, loader):
     from supcon_fast.engine.data import build_loaders
     data = make_tiny_folder(tmp_path / "d", n_per_class=8, classes=3)
     cfg = config.resolve(["--data", str(data), "--out", str(tmp_path / "o"), "--size", "16", "--batch-size", "8",
-                          "--knn-max-train", "6", "--eval-batch-size", "4", "--loader", loader])
+                          "--knn-max-train", "6", "--eval-batch-size", "4", "--backend", loader])
     loaders = build_loaders(cfg)
     labels = [int(v) for _, y in loaders.knn_bank for v in y.view(-1)]
     assert sorted(labels) == [0, 0, 1, 1, 2, 2]           # not the first 6 (class 0 only)
@@ -53,7 +53,7 @@ def test_dataset_kind():
     assert dataset_kind({"dataset": "auto", "data": os.path.abspath(DEFAULT_DIGITS_ROOT)}) == "digits"
     assert dataset_kind({"dataset": "auto", "data": "data/digit"}) == "folder"
     assert dataset_kind({"dataset": "digits", "data": "/elsewhere"}) == "digits"
-    assert dataset_kind({"dataset": "synthetic", "data": "x"}) == "synthetic"
+    assert dataset_kind({"dataset": "auto", "backend": "synthetic", "data": "x"}) == "synthetic"
     # a checkpoint's explicit digits request was for its own root, not another one
     assert with_data({"dataset": "digits", "data": "a"}, "b") == {"dataset": "auto", "data": "b"}
     assert with_data({"dataset": "folder", "data": "a"}, "b") == {"dataset": "folder", "data": "b"}

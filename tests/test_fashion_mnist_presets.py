@@ -1,4 +1,4 @@
-"""configs/fashion_mnist{,_cpu}.yaml: they load and validate through the config module, train 2 steps
+"""supcon_fast/configs/fashion_mnist{,_cpu}.yaml: they load and validate through the config module, train 2 steps
 on a tiny dataset made by the Fashion-MNIST maker from IDX files written here, and resume with
 --resume auto. Only sizes are overridden (width, batch), so the rest of each recipe is what runs."""
 import warnings

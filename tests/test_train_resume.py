@@ -8,16 +8,16 @@ import torch
 
 from supcon_fast.engine import config
 from supcon_fast.engine.run import run
-from data_fixtures import make_tiny_folder as make_folder
+from data_fixtures import make_tiny_folder
 
 
-def make_tiny_folder(root):
-    return make_folder(root, n_per_class=10)  # 30 train images
+def make_data(root):
+    return make_tiny_folder(root, n_per_class=10)  # 30 train images
 
 
 def tiny_cfg(data, out, loader, **kw):
     # 30 images, batch 8, 2 epochs
-    argv = ["--dataset", "folder", "--data", str(data), "--out", str(out), "--loader", loader,
+    argv = ["--dataset", "folder", "--data", str(data), "--out", str(out), "--backend", loader,
             "--arch", "resnet18", "--width", "4", "--size", "16", "--batch-size", "8", "--epochs", "2",
             "--linear-epochs", "1", "--knn-every", "1", "--eval-batch-size", "16", "--no-tensorboard",
             "--optimizer", "lars", "--lr", "0.5", "--warmup-epochs", "0.5", "--log-every", "1"]
@@ -29,7 +29,7 @@ def tiny_cfg(data, out, loader, **kw):
 
 @pytest.mark.parametrize("loader", ["dali", "memory"])
 def test_sigterm_then_resume_is_bitwise_identical(tmp_path, loader):
-    data = make_tiny_folder(tmp_path / "data")
+    data = make_data(tmp_path / "data")
     full = run(tiny_cfg(data, tmp_path / "full", loader))
     assert full["status"] == "done"
 
@@ -59,7 +59,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, loader):
 
 
 def test_resume_refuses_a_different_model(tmp_path):
-    data = make_tiny_folder(tmp_path / "data")
+    data = make_data(tmp_path / "data")
     run(tiny_cfg(data, tmp_path / "o", "memory", max_steps=1, linear_epochs=0))
     with pytest.raises(ValueError, match="resume: the checkpoint has width=4"):
         run(tiny_cfg(data, tmp_path / "o", "memory", width=8, resume="auto"))
@@ -69,9 +69,9 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 def _with_truncated(root):
     """The resume folder plus one truncated JPEG (header intact: found only when decoded)."""
-    data = make_tiny_folder(root)
-    src = (data / "train" / "0" / "0.jpg").read_bytes()
-    bad = data / "train" / "1" / "9_truncated.jpg"
+    data = make_data(root)
+    src = (data / "train" / "cls0" / "img_000.jpg").read_bytes()
+    bad = data / "train" / "cls1" / "img_9_truncated.jpg"
     bad.write_bytes(src[:len(src) // 2])
     return data, str(bad)
 
@@ -134,7 +134,7 @@ def test_memory_loader_skips_or_names_a_bad_file(tmp_path):
 
 
 def test_leftover_temporary_checkpoint_is_removed_never_loaded(tmp_path):
-    data = make_tiny_folder(tmp_path / "data")
+    data = make_data(tmp_path / "data")
     out = tmp_path / "o"
     run(tiny_cfg(data, out, "memory", max_steps=1, linear_epochs=0, knn_every=0))
     (out / "last.pt.tmp").write_bytes(b"half a checkpoint")   # a save killed mid-write

@@ -51,16 +51,16 @@ def test_each_loss_end_to_end(tiny_data, tmp_path, loss):
     assert {k: res[k] for k in facts} == facts
     for rec in (recs[0], recs[-1]):
         assert {k: rec[k] for k in facts} == facts
-    assert recs[0]["kind"] == "run" and recs[0]["loader_requested"] == "auto" and recs[-1]["kind"] == "summary"
+    assert recs[0]["kind"] == "run" and recs[0]["backend_requested"] == "auto" and recs[-1]["kind"] == "summary"
 
 
-@pytest.mark.parametrize("loader,backend", [("auto", "torchvision"), ("memory", "memory")])
-def test_summary_names_the_backend_that_ran(tiny_data, tmp_path, monkeypatch, loader, backend):
-    """Without DALI, --loader auto runs the torchvision loaders: the summary and metrics.jsonl say so,
-    not the requested 'auto' or 'dali'; --loader dali is then an error naming loader."""
+@pytest.mark.parametrize("requested,backend", [("auto", "torch"), ("torch", "torch"), ("memory", "memory")])
+def test_summary_names_the_backend_that_ran(tiny_data, tmp_path, monkeypatch, requested, backend):
+    """Without DALI, --backend auto runs the torch loaders: the summary and metrics.jsonl say so,
+    not the requested 'auto' or 'dali'; --backend dali is then an error naming backend."""
     import supcon_fast.data as data
     monkeypatch.setattr(data, "dali_available", lambda: False)
-    argv = tiny_argv(tiny_data, tmp_path / "run", loader=loader, max_steps=1, linear_epochs=0, knn_every=0,
+    argv = tiny_argv(tiny_data, tmp_path / "run", backend=requested, max_steps=1, linear_epochs=0, knn_every=0,
                      num_threads=1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="nvidia.dali is not installed")
@@ -68,9 +68,10 @@ def test_summary_names_the_backend_that_ran(tiny_data, tmp_path, monkeypatch, lo
     assert res["data_backend"] == backend and res["train_images"] == 24 and res["val_images"] == 12
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"]: r["data_backend"] for r in recs if "data_backend" in r} == {"run": backend, "summary": backend}
-    if loader == "auto":
-        with pytest.raises(ValueError, match="loader.*dali"):
-            run(config.resolve(tiny_argv(tiny_data, tmp_path / "dali", loader="dali", max_steps=1)))
+    assert [r["backend_requested"] for r in recs if r["kind"] == "run"] == [requested]
+    if requested == "auto":
+        with pytest.raises(ValueError, match="backend.*dali"):
+            run(config.resolve(tiny_argv(tiny_data, tmp_path / "dali", backend="dali", max_steps=1)))
 
 
 def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path, monkeypatch):
@@ -157,9 +158,9 @@ def test_mixed_precision_paths(tiny_data, tmp_path, amp, loss_dtype, monkeypatch
 
 
 def test_synthetic_source_for_profiling(tmp_path):
-    """dataset 'synthetic': on-device random batches, no files (the profiler's input)."""
-    from supcon_fast.engine import SyntheticLoader
-    res = run(config.resolve(["--dataset", "synthetic", "--out", str(tmp_path), "--width", "4", "--size", "16",
+    """backend 'synthetic': on-device random batches, no files (the profiler's input)."""
+    from supcon_fast.data.memory import SyntheticLoader
+    res = run(config.resolve(["--backend", "synthetic", "--out", str(tmp_path), "--width", "4", "--size", "16",
                               "--batch-size", "8", "--max-steps", "2", "--linear-epochs", "1", "--knn-every", "0"]))
     assert res["data_backend"] == "synthetic" and res["steps"] == 2
     assert res["dataset"] == "synthetic" and res["data_root"] is None and res["train_images"] is None

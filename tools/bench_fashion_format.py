@@ -1,4 +1,4 @@
-"""PNG or JPEG for Fashion-MNIST? Time the project's loaders (DALI and torchvision, train and eval)
+"""PNG or JPEG for Fashion-MNIST? Time the project's loaders (DALI and torch, train and eval)
 on the same few thousand images stored both ways, and record the figures with provenance.
 
     python tools/bench_fashion_format.py --images 4000 \\
@@ -6,7 +6,7 @@ on the same few thousand images stored both ways, and record the figures with pr
 
 The images are the first --images of the official train split, written by the dataset maker's
 own writer (supcon_fast.data.fashion_mnist.write_split) into a temporary folder, never into the
-source. Train loaders: supcon_fast.data.bench.run_benchmark (alternating rounds, median).
+source. Train loaders: supcon_fast.bench.data.run_benchmark (alternating rounds, median).
 Eval loaders: one full un-augmented pass per round, formats alternating, median.
 """
 import argparse
@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from supcon_fast.data import build_eval_loader  # noqa: E402
 from supcon_fast.data import fashion_mnist as fm  # noqa: E402
-from supcon_fast.data.bench import run_benchmark  # noqa: E402
+from supcon_fast.bench.data import run_benchmark  # noqa: E402
 from supcon_fast.provenance import git_commit, machine_info, utc_now  # noqa: E402
 
 FORMATS = ("png", "jpg")
@@ -65,7 +65,7 @@ def time_eval(roots, *, backends, batch_size, threads, rounds):
                 n += x.shape[0]
             rates[(fmt, backend)].append(n / (time.perf_counter() - t0))
             del ld
-    return [{"format": f, "loader": b, "kind": "eval", "images_per_s": round(statistics.median(v), 1),
+    return [{"format": f, "backend": b, "kind": "eval", "images_per_s": round(statistics.median(v), 1),
              "images_per_s_rounds": [round(x, 1) for x in v]} for (f, b), v in rates.items()]
 
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=12, help="timed train batches per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--loaders", nargs="+", default=["dali", "torchvision"])
+    p.add_argument("--backends", "--loaders", nargs="+", default=["dali", "torch"], choices=["dali", "torch"])
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.images < (a.steps + 2) * a.batch_size:
@@ -93,15 +93,15 @@ def main(argv=None) -> int:
             return 2
         records = []
         for fmt in FORMATS:   # train: the 2-view SimCLR recipe at 28 px, as the presets train
-            for r in run_benchmark(roots[fmt], loaders=a.loaders, size=28, views=2, batch_size=a.batch_size,
+            for r in run_benchmark(roots[fmt], backends=a.backends, size=28, views=2, batch_size=a.batch_size,
                                    threads=a.threads, steps=a.steps, rounds=a.rounds, note=f"fashion-mnist {fmt}"):
                 records.append({"format": fmt, "kind": "train", **{k: r[k] for k in (
-                    "loader", "policy", "views_per_s", "images_per_s", "views_per_s_rounds", "load_avg_end")}})
-        records += time_eval(roots, backends=a.loaders, batch_size=a.batch_size, threads=a.threads,
+                    "backend", "policy", "views_per_s", "images_per_s", "views_per_s_rounds", "load_avg_end")}})
+        records += time_eval(roots, backends=a.backends, batch_size=a.batch_size, threads=a.threads,
                              rounds=a.rounds)
     print("files:", json.dumps(facts))
     for r in records:
-        print(f"{r['kind']:5s} {r['format']:3s} {r['loader']:11s} {r['images_per_s']:9.1f} images/s")
+        print(f"{r['kind']:5s} {r['format']:3s} {r['backend']:11s} {r['images_per_s']:9.1f} images/s")
     result = {"images": a.images, "batch_size": a.batch_size, "threads": a.threads, "size": 28,
               "files": facts, "records": records, "commit": git_commit(), "date": utc_now(),
               "machine": machine_info("cpu"), "load_avg_end": list(os.getloadavg())}

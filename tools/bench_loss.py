@@ -4,7 +4,7 @@
     python tools/bench_loss.py --n 1024 4096 8192 16384 65536 --dim 128 --dtype fp32 \
         --impls fused reference pml --json benchmarks/results/loss_cpu.json --plot benchmarks/results/loss_cpu.png
 
-Each case runs in a fresh process (see supcon_fast/benchmarks.py); out-of-memory and time-outs are recorded.
+Each case runs in a fresh process (see supcon_fast/bench/loss.py); out-of-memory and time-outs are recorded.
 """
 import argparse
 import json
@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from supcon_fast import benchmarks  # noqa: E402
+from supcon_fast.bench import loss as benchmarks  # noqa: E402
 
 
 def main(argv=None):

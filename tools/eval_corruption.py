@@ -16,9 +16,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from supcon_fast import robustness as rb  # noqa: E402
+from supcon_fast.robustness import corruptions as rb  # noqa: E402
 from supcon_fast.provenance import git_commit, machine_info, utc_now  # noqa: E402
-from supcon_fast.engine.corruption_eval import Classifier, evaluate  # noqa: E402
+from supcon_fast.robustness.evaluation import Classifier, evaluate  # noqa: E402
 
 
 def default_cache(data: str, seed: int) -> str:

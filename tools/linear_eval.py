@@ -25,7 +25,7 @@ from supcon_fast.engine.runtime import setup, teardown  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="a .pt written by tools/train.py")
-    for key in ("data", "dataset", "loader", "linear_epochs", "linear_lr", "linear_batch_size",
+    for key in ("data", "dataset", "backend", "linear_epochs", "linear_lr", "linear_batch_size",
                 "linear_holdout", "eval_batch_size", "device", "amp", "seed", "num_threads"):
         _, typ, help_, choices = config.OPTIONS[key]
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, choices=choices, help=help_)

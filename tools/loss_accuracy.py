@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What a bf16 / fp16 loss input costs in accuracy against fp32 and fp64 (supcon_fast/loss_accuracy.py).
+"""What a bf16 / fp16 loss input costs in accuracy against fp32 and fp64 (supcon_fast/bench/loss_accuracy.py).
 
     python tools/loss_accuracy.py --json benchmarks/results/loss_accuracy_cpu.json
     python tools/loss_accuracy.py --kernel cuda-emulation --json benchmarks/results/loss_accuracy_cuda_emulated.json
@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from supcon_fast import loss_accuracy  # noqa: E402
+from supcon_fast.bench import loss_accuracy  # noqa: E402
 
 
 def main(argv=None):

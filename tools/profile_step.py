@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What a SupCon step costs against a cross-entropy step, phase by phase (supcon_fast/engine/profile.py).
+"""What a SupCon step costs against a cross-entropy step, phase by phase (supcon_fast/bench/step.py).
 
     python tools/profile_step.py --arch resnet50 --image-size 224 --batch-size 512 --views 2 --device cuda \
         --synthetic --amp bf16 --channels-last --contrast-n 16384 --json benchmarks/results/step_r50.json
@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from supcon_fast.engine import profile  # noqa: E402
+from supcon_fast.bench import step as profile  # noqa: E402
 from supcon_fast.engine.precision import LOSS_DTYPE_CHOICES  # noqa: E402
 
 

@@ -4,8 +4,8 @@
     python tools/sweep.py --out runs/sweep --json benchmarks/results/sweep_digits.json
     python tools/sweep.py --grid my_grid.yaml --out runs/sweep --json sweep.json
 
-Each grid point is one `tools/train.py` run in its own folder under --out (rerunning resumes or reuses
-finished runs); the JSON lists every run and the min / median / max of linear top-1 per method.
+Each grid point is one training run (`supcon_fast.train.train`, in this process) in its own folder
+under --out (rerunning resumes or reuses finished runs); the JSON lists every run and the min / median / max of linear top-1 per method.
 """
 import argparse
 import json
@@ -32,22 +32,9 @@ def main(argv=None):
     points = sweep.expand_grid(grid)
     if a.dry_run:
         for pt in points:
-            print(" ".join(sweep.train_command(pt, a.out)))
+            print("python -m supcon_fast.train " + " ".join(sweep.train_argv(pt, a.out)))
         return
-    results = []
-    for i, pt in enumerate(points):
-        done = os.path.join(a.out, pt["name"], "result.json")
-        if os.path.exists(done):  # finished before: reuse
-            with open(done) as f:
-                res = json.load(f)
-        else:
-            res = sweep.run_point(pt, a.out)
-            if res.get("status") == "done":
-                with open(done, "w") as f:
-                    json.dump(res, f)
-        results.append(res)
-        print(f"[sweep {i + 1}/{len(points)}] {pt['name']}: linear top-1 {res.get('linear_top1')} "
-              f"({res.get('status')})", flush=True)
+    results = sweep.run_sweep(points, a.out, log=lambda m: print(m, flush=True))
     report = {"grid": {**sweep.DEFAULT_GRID, **grid}, "runs": results, "spread": sweep.spread(results),
               "commit": git_commit(), "date": utc_now(),
               "machine": machine_info("cpu")}

@@ -38,8 +38,10 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
     epoch is padded by wrap-around unless `drop_last`). Per view: random resized crop (`scale`,
     `ratio`), horizontal flip, then `policy` (one of POLICIES). Call `set_epoch(e)` before each
     epoch; `state_dict()`/`load_state_dict()` resume mid-epoch exactly (see loaders.py).
-    `backend`: 'dali', 'torchvision' (the baseline), or 'auto' (DALI if it imports, else
-    torchvision with a warning: e.g. a machine without DALI).
+    `backend`: 'dali' (dali_loaders.py), 'torch' (torch_loaders.py: torchvision transforms in a
+    torch DataLoader, the baseline), or 'auto' (DALI if it imports, else torch with a warning: e.g. a
+    machine without DALI); 'torchvision' is an older name of 'torch'. The loader's `backend`
+    attribute names the one built.
 
     Bad files: `verify` checks them before training: 'header' (8 bytes a file), 'full' (decodes
     everything: small sets only) or 'none'. A file that fails then or during an epoch (truncated,
@@ -47,15 +49,15 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
     a warning, left out from then on (the next image in file order takes its place: same steps,
     same batches for the same seed) and listed in the loader's `skipped` and `state_dict()`.
     """
-    from .loaders import DaliTrainLoader, load_samples
+    from .dali_loaders import DaliTrainLoader, load_samples
 
     check_policy(policy)  # before the (possibly long) scan of root
     backend = _pick_backend(backend)
     samples = load_samples(root, verify=verify, skip_corrupt=skip_corrupt)
-    if backend == "torchvision":
-        from .torchvision_baseline import TorchvisionTrainLoader
+    if backend == "torch":
+        from .torch_loaders import TorchTrainLoader
 
-        return TorchvisionTrainLoader(
+        return TorchTrainLoader(
             root, batch_size=batch_size, n_views=n_views, size=size, policy=policy,
             shard_id=shard_id, num_shards=num_shards, seed=seed, num_threads=num_threads,
             scale=scale, ratio=ratio, device=device, dtype=dtype, samples=samples,
@@ -85,7 +87,7 @@ def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, n
     every class keeps its share (a kNN bank); 0 reads them all.
     """
     from . import corrupt, folder
-    from .loaders import DaliEvalLoader, load_samples
+    from .dali_loaders import DaliEvalLoader, load_samples
 
     if skip_corrupt:
         raise ValueError("skip_corrupt: the eval loader does not skip files: the evaluation set "
@@ -96,10 +98,10 @@ def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, n
     samples = load_samples(root, verify=verify, skip_corrupt=drop_corrupt,
                            error=corrupt.eval_error)
     samples = folder.spread_subset(samples, max_images)
-    if backend == "torchvision":
-        from .torchvision_baseline import TorchvisionEvalLoader
+    if backend == "torch":
+        from .torch_loaders import TorchEvalLoader
 
-        return TorchvisionEvalLoader(root, batch_size=batch_size, size=size, device=device,
+        return TorchEvalLoader(root, batch_size=batch_size, size=size, device=device,
                                      shard_id=shard_id, num_shards=num_shards,
                                      num_threads=num_threads, dtype=dtype, resize=resize,
                                      samples=samples, drop_corrupt=drop_corrupt)
@@ -117,15 +119,18 @@ def dali_available():
 
 
 def _pick_backend(backend):
-    if backend not in ("auto", "dali", "torchvision"):
-        raise ValueError(f"backend: expected 'auto', 'dali' or 'torchvision', got {backend!r}")
+    """'dali' or 'torch', for a builder's `backend` ('auto' | 'dali' | 'torch'; 'torchvision' = 'torch')."""
     if backend == "torchvision":
+        backend = "torch"
+    if backend not in ("auto", "dali", "torch"):
+        raise ValueError(f"backend: expected 'auto', 'dali' or 'torch', got {backend!r}")
+    if backend == "torch":
         return backend
     if dali_available():
         return "dali"
     if backend == "dali":
         raise ImportError("backend: 'dali' requested but nvidia.dali does not import; "
                           "pip install nvidia-dali-cuda130, or use backend='auto'")
-    warnings.warn("nvidia.dali is not installed: using the torchvision loader (slower; same "
-                  "recipes, order and shards)")
-    return "torchvision"
+    warnings.warn("nvidia.dali is not installed: using the torch loader (torchvision transforms; slower; "
+                  "same recipes, order and shards)")
+    return "torch"

@@ -1,7 +1,8 @@
 """Configuration: built-in defaults < YAML preset (``--config``) < command line; the resolved config is saved.
 
 Like timm's train.py: every option is one flat key, ``--batch-size`` on the command line is
-``batch_size`` in YAML. A preset is a path or the name of a file in ``configs/`` (``--config demo``).
+``batch_size`` in YAML. A preset is a path or the name of a file in ``supcon_fast/configs/`` (package
+data: ``--config demo`` works from any directory of an installed package).
 """
 from __future__ import annotations
 
@@ -15,24 +16,28 @@ from ..data.datasets import DEFAULT_DIGITS_ROOT
 from ..models import ARCHS, HEADS, STEMS
 from .precision import AMP_CHOICES, LOSS_DTYPE_CHOICES, resolve_loss_dtype
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"   # the presets, package data
+BACKENDS = ("auto", "dali", "torch", "memory", "synthetic")
+# Options renamed since: a saved config or checkpoint with the old name still loads.
+RENAMED = {"loader": "backend"}
 
 # key: (default, type, help, choices). type None = str that may be empty / null.
 OPTIONS: dict[str, tuple] = {
-    "config": ("demo", str, "YAML preset: a path or a name in configs/", None),
+    "config": ("demo", str, "YAML preset: a path or a name in supcon_fast/configs/", None),
     # data
     "data": (DEFAULT_DIGITS_ROOT, str, "dataset root holding train/<class>/ and val/<class>/ image folders "
              "(read only: nothing is written inside it)", None),
     "dataset": ("auto", str, "auto: the digits at their default root (data/digits, written if missing), "
                 "an existing image folder at any other --data; digits: scikit-learn's digits, written into a "
-                "missing or empty --data; folder: an existing image folder; synthetic: random on-device tensors "
-                "(profiling)", ("auto", "digits", "folder", "synthetic")),
+                "missing or empty --data; folder: an existing image folder; synthetic: the same as --backend "
+                "synthetic (kept for older commands)", ("auto", "digits", "folder", "synthetic")),
     "size": (32, int, "crop size in pixels", None),
     "views": (2, int, "augmented views per image", None),
     "policy": ("simclr", str, "augmentation policy (see supcon_fast.data)", None),
-    "loader": ("auto", str, "auto: the DALI pipeline where nvidia.dali imports, else the torchvision loader "
-               "(same recipes; the run summary names the one used); dali: DALI or an error; memory: images "
-               "held in memory (small sets of one image size)", ("auto", "dali", "memory")),
+    "backend": ("auto", str, "what feeds the batches (also --loader). auto: dali where nvidia.dali imports, else "
+                "torch (same recipes; the run summary names the one used); dali: the DALI pipelines or an error; "
+                "torch: torchvision transforms in a torch DataLoader; memory: images held in memory (small sets "
+                "of one image size); synthetic: random on-device tensors, no files (profiling)", BACKENDS),
     "crop_min_scale": (0.08, float, "smallest area fraction of the random resized crop", None),
     "num_threads": (2, int, "data-pipeline threads per process", None),
     "skip_corrupt": (False, bool, "leave out training images that cannot be read or decoded (each named in a "
@@ -103,17 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="SupCon pretraining then linear evaluation",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for key, (default, typ, help_, choices) in OPTIONS.items():
+        flags = [_flag(key)] + [_flag(old) for old, new in RENAMED.items() if new == key]
         if typ is bool:
-            p.add_argument(_flag(key), dest=key, action=argparse.BooleanOptionalAction, default=None,
+            p.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_} (default {default})")
         else:
-            p.add_argument(_flag(key), dest=key, type=typ, default=None, choices=choices,
+            p.add_argument(*flags, dest=key, type=typ, default=None, choices=choices,
                            help=f"{help_} (default {default})")
     return p
 
 
 def load_yaml(name_or_path: str) -> dict:
-    """A preset by path or by name in configs/; errors name --config."""
+    """A preset by path or by name in supcon_fast/configs/; errors name --config."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
         path = CONFIG_DIR / f"{name_or_path}.yaml"
@@ -125,11 +131,12 @@ def load_yaml(name_or_path: str) -> dict:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config: {path} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return upgrade({k.replace("-", "_"): v for k, v in data.items()})
 
 
 def validate(cfg: dict) -> dict:
     """Type-check and range-check every key; raise ValueError naming the option."""
+    cfg = upgrade(cfg)
     unknown = sorted(set(cfg) - set(OPTIONS))
     if unknown:
         raise ValueError(f"config: unknown option(s) {unknown}")
@@ -172,6 +179,21 @@ def validate(cfg: dict) -> dict:
     if out["warmup_epochs"] < 0 or out["weight_decay"] < 0 or out["min_lr"] < 0:
         raise ValueError("warmup_epochs, weight_decay, min_lr: must be >= 0")
     return out
+
+
+def upgrade(cfg: dict) -> dict:
+    """``cfg`` in today's vocabulary: renamed options under their new names, ``dataset: synthetic`` as
+    ``backend: synthetic``, the torchvision backend under its name ``torch``."""
+    cfg = dict(cfg)
+    for old, new in RENAMED.items():
+        if old in cfg:
+            value = cfg.pop(old)
+            cfg.setdefault(new, value)
+    if cfg.get("backend") == "torchvision":
+        cfg["backend"] = "torch"
+    if cfg.get("dataset") == "synthetic":
+        cfg["dataset"], cfg["backend"] = "auto", "synthetic"
+    return cfg
 
 
 def resolve(argv: list[str] | None = None) -> dict:

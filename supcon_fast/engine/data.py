@@ -6,14 +6,16 @@ Which dataset (``--dataset``):
   if missing), an existing image folder anywhere else: ``--data PATH`` with ``PATH/train/<class>/``
   and ``PATH/val/<class>/`` trains on it, and a mistyped path is an error, never a new dataset.
 - ``digits``: the digits, written at ``--data`` if missing (only into a missing or empty folder).
-- ``folder``: an existing image folder.  ``synthetic``: random on-device tensors (profiling).
+- ``folder``: an existing image folder.
 
 Nothing is ever written inside an existing dataset folder.
 
-Which loader (``--loader``): ``auto`` the DALI pipelines of ``supcon_fast.data`` where ``nvidia.dali``
-imports, else its torchvision loaders (same recipes, order and shards); ``dali`` DALI or an error;
-``memory`` the in-memory sources of ``memdata`` (small sets of one image size). ``Loaders.backend``
-is what actually runs, as the loaders themselves report it, never the request.
+Which backend (``--backend``, one vocabulary with the builders of ``supcon_fast.data`` and the run
+summary): ``auto`` the DALI pipelines (``supcon_fast/data/dali_loaders.py``) where ``nvidia.dali``
+imports, else the torch loaders (``torch_loaders.py``: same recipes, order and shards); ``dali`` DALI or
+an error; ``torch`` the torch loaders; ``memory`` images held in memory (``memory.py``, small sets of
+one image size); ``synthetic`` random on-device tensors, no files (profiling). ``Loaders.backend`` is
+what actually runs, as the loaders themselves report it, never the request.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import memdata
 from .. import data as data_pkg
+from ..distributed import world_size
+from ..data import memory as memdata
 from ..data.datasets import DEFAULT_DIGITS_ROOT, written_spec
 from ..data.fashion_mnist import SPEC_NAME as FASHION_MNIST
 from ..data.folder import IMG_EXTENSIONS, spread_indices
@@ -37,14 +40,14 @@ class Loaders:
     train_eval: object       # un-augmented train images, this rank's shard: yields (images, labels)
     val: object              # un-augmented val images, this rank's shard
     num_classes: int
-    dataset: str             # "digits" | "folder" | "synthetic": what --dataset resolved to
+    dataset: str             # "digits" | "folder" | "synthetic" (no files): what was read
     root: str | None         # the dataset folder read (absolute); None when no folder is read
     load_skipped: dict = field(default_factory=dict)  # files left out while loading into memory
     knn_bank: object = None  # up to --knn-max-train un-augmented train images, every class in its share
 
     @property
     def backend(self) -> str:
-        """What feeds the training batches: "dali" | "torchvision" | "memory" | "synthetic"."""
+        """What feeds the training batches: "dali" | "torch" | "memory" | "synthetic"."""
         return self.train.backend
 
     def skipped(self) -> dict:
@@ -66,13 +69,16 @@ def skipped_files(loaders: Loaders, distributed: bool = False) -> list[str]:
     mine = sorted(loaders.skipped())
     if not distributed:
         return mine
-    every = [None] * torch.distributed.get_world_size()
+    every = [None] * world_size()
     torch.distributed.all_gather_object(every, mine)
     return sorted(set().union(*every))
 
 
 def dataset_kind(cfg: dict) -> str:
-    """What ``--dataset`` means for this ``--data``: 'auto' is the digits only at their default root."""
+    """What ``--dataset`` means for this ``--data``: 'auto' is the digits only at their default root;
+    the synthetic backend reads no dataset ('synthetic')."""
+    if cfg.get("backend") == "synthetic":
+        return "synthetic"
     if cfg["dataset"] != "auto":
         return cfg["dataset"]
     same = os.path.abspath(cfg["data"]) == os.path.abspath(DEFAULT_DIGITS_ROOT)
@@ -154,7 +160,7 @@ def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> 
     if kind == "synthetic":
         return _synthetic_loaders(cfg, per_rank, rank, world, device)
     root = ensure_dataset(cfg, rank)
-    if cfg["loader"] != "memory":
+    if cfg["backend"] != "memory":
         return _folder_loaders(cfg, root, per_rank, rank, world, device, kind)
     x_tr, y_tr, _, skipped = memdata.load_folder(os.path.join(root, "train"), skip_corrupt=cfg["skip_corrupt"])
     x_va, y_va, _, _ = memdata.load_folder(os.path.join(root, "val"), evaluation=True)
@@ -164,15 +170,15 @@ def build_loaders(cfg: dict, *, rank: int = 0, world: int = 1, device="cpu") -> 
 
 
 def _folder_loaders(cfg, root, per_rank, rank, world, device, kind) -> Loaders:
-    """supcon_fast.data's loaders: DALI, or with --loader auto its torchvision fallback."""
+    """supcon_fast.data's loaders: DALI or torch (--backend auto: DALI where it imports)."""
     common = dict(size=cfg["size"], device=str(torch.device(device)), shard_id=rank, num_shards=world,
-                  num_threads=cfg["num_threads"], backend="dali" if cfg["loader"] == "dali" else "auto")
+                  num_threads=cfg["num_threads"], backend=cfg["backend"])
     try:
         tr = data_pkg.build_train_loader(os.path.join(root, "train"), batch_size=per_rank, n_views=cfg["views"],
                                      policy=cfg["policy"], seed=cfg["seed"], scale=(cfg["crop_min_scale"], 1.0),
                                      skip_corrupt=cfg["skip_corrupt"], **common)
-    except ImportError as e:         # --loader dali where DALI is not installed
-        raise ValueError(f"loader: {e}") from None
+    except ImportError as e:         # --backend dali where DALI is not installed
+        raise ValueError(f"backend: {e}") from None
     ev = dict(common, resize=eval_resize(cfg))
     # train features (kNN bank, linear probe fit set) may drop what training skips; val may not
     tre = data_pkg.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],

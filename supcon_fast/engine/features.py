@@ -2,24 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..distributed import gather_ragged_rows
 from .precision import autocast
-
-
-def _gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's rows (ranks may hold different counts): [n_r, ...] -> [sum n_r, ...]."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    m = int(max(s.item() for s in sizes))
-    pad = torch.zeros((m - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    parts = [torch.empty((m, *x.shape[1:]), dtype=x.dtype, device=x.device) for _ in sizes]
-    dist.all_gather(parts, torch.cat([x, pad]))
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
 @torch.no_grad()
@@ -37,7 +23,7 @@ def extract(encoder: torch.nn.Module, loader, *, amp=None) -> tuple[torch.Tensor
         feats.append(f.float())
         labels.append(y.view(-1).long())
     encoder.train(was_training)
-    return _gather_rows(torch.cat(feats)), _gather_rows(torch.cat(labels))
+    return gather_ragged_rows(torch.cat(feats)), gather_ragged_rows(torch.cat(labels))
 
 
 @torch.no_grad()

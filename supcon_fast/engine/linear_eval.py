@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .features import extract
+from .optim import warmup_cosine
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[float]:
@@ -51,7 +52,7 @@ def train_linear(train_f: torch.Tensor, train_y: torch.Tensor, *, num_classes: i
         order = torch.randperm(xf.shape[0], generator=g).to(xf.device)
         for i in range(0, xf.shape[0], batch_size):
             for group in opt.param_groups:
-                group["lr"] = 0.5 * peak * (1 + math.cos(math.pi * step / total))
+                group["lr"] = warmup_cosine(step, total, 0, peak)   # cosine to 0, no warm-up
             idx = order[i:i + batch_size]
             loss = F.cross_entropy(clf(norm(xf[idx])), yf[idx])
             opt.zero_grad(set_to_none=True)

@@ -3,8 +3,8 @@
 The summary and metrics.jsonl (a ``"run"`` record at the start, a ``"summary"`` record at the end)
 say what actually ran, not what was asked for: the device, the network's autocast dtype (``amp``;
 ``float32`` when autocast is off) and the loss input dtype, the dataset (its kind, absolute root and
-numbers of train / val images) and the data backend the loaders report (``torchvision`` when
-``--loader auto`` fell back from DALI).
+numbers of train / val images) and the data backend the loaders report (``torch`` when
+``--backend auto`` fell back from DALI).
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def run(cfg: dict, *, on_step=None) -> dict:
         logger = Logger(out, rank=rt.rank, tensorboard=cfg["tensorboard"])
         loaders = build_loaders(cfg, rank=rt.rank, world=rt.world, device=rt.device)
         info = run_info(cfg, rt, loaders)
-        logger.record("run", 0, **info, config=cfg["config"], loader_requested=cfg["loader"])
+        logger.record("run", 0, **info, config=cfg["config"], backend_requested=cfg["backend"])
         logger.info(f"out {out} | device {rt.device} x{rt.world} | data {info['data_root']} ({info['dataset']}, "
                     f"{info['data_backend']}, {len(loaders.train)} steps/epoch) | {cfg['arch']} width "
                     f"{cfg['width']} | loss {cfg['loss']} ({info['loss_dtype']})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..distributed import world_size
 from .precision import autocast, loss_features, no_autocast, resolve_loss_dtype
 
 
@@ -47,7 +48,7 @@ class TrainStep:
         self.model, self.criterion, self.optimizer, self.scheduler = model, criterion, optimizer, scheduler
         self.loss_kind, self.amp, self.scaler = loss_kind, amp, scaler
         self.loss_dtype = loss_dtype if loss_dtype is not None else resolve_loss_dtype("auto", amp, loss_kind)
-        self.distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self.distributed = world_size() > 1
 
     def __call__(self, views, labels) -> tuple[torch.Tensor, bool]:
         self.scheduler.step()

@@ -1,10 +1,11 @@
-"""The low-precision accuracy measurement (supcon_fast/loss_accuracy.py): schema, and sane orders of error."""
+"""The low-precision accuracy measurement (supcon_fast/bench/loss_accuracy.py): schema, and sane orders of error."""
 import json
 
 import pytest
 import torch
 
-from supcon_fast import loss_accuracy, ops
+from supcon_fast import ops
+from supcon_fast.bench import loss_accuracy
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("cpu"), reason="the fused CPU op is not built")
 

@@ -1,4 +1,4 @@
-"""torchvision baseline and the loader benchmark (tiny sizes: correctness, not speed)."""
+"""The torch (torchvision transforms) baseline and the loader benchmark (tiny sizes: correctness, not speed)."""
 import json
 import os
 import subprocess
@@ -10,16 +10,16 @@ import torch
 from data_fixtures import N_IMAGES, tiny_root  # noqa: F401
 
 from supcon_fast.data import POLICIES, scan
-from supcon_fast.data.torchvision_baseline import TorchvisionTrainLoader
+from supcon_fast.data.torch_loaders import TorchTrainLoader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = {"loader", "policy", "device", "size", "views", "batch_size", "threads", "views_per_s",
+KEYS = {"backend", "policy", "device", "size", "views", "batch_size", "threads", "views_per_s",
         "images_per_s", "commit", "date", "machine", "torch", "dali"}
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_torchvision_baseline_same_recipe_surface(tiny_root, policy):
-    ld = TorchvisionTrainLoader(tiny_root, batch_size=4, n_views=2, size=32, policy=policy,
+    ld = TorchTrainLoader(tiny_root, batch_size=4, n_views=2, size=32, policy=policy,
                                 num_threads=0, seed=3)
     ld.set_epoch(1)
     batches = list(ld)
@@ -41,7 +41,7 @@ def test_bench_cli_writes_records_and_chart(tiny_root, tmp_path):
     pytest.importorskip("nvidia.dali")
     out = tmp_path / "res" / "data_test.json"
     r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench_data.py"),
-                        "--root", tiny_root, "--loaders", "dali", "torchvision",
+                        "--root", tiny_root, "--backends", "dali", "torch",
                         "--policy", "simclr", "--size", "32", "--views", "2", "--batch-size", "4",
                         "--threads", "1", "--steps", "2", "--warmup", "1", "--rounds", "2",
                         "--device", "cpu", "--json", str(out)],
@@ -49,18 +49,18 @@ def test_bench_cli_writes_records_and_chart(tiny_root, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     recs = data["records"]
-    assert [x["loader"] for x in recs] == ["dali", "torchvision"]
+    assert [x["backend"] for x in recs] == ["dali", "torch"]
     for x in recs:
         assert KEYS <= set(x) and x["views_per_s"] > 0
         assert x["views_per_s"] == pytest.approx(2 * x["images_per_s"], rel=1e-3)
         assert len(x["views_per_s_rounds"]) == 2
-    assert set(data["dali_over_torchvision"]) == {"simclr"}
+    assert set(data["dali_over_torch"]) == {"simclr"}
     assert (tmp_path / "res" / "data_test.png").stat().st_size > 1000
 
 
 def test_bench_rejects_too_many_steps(tiny_root):
-    from supcon_fast.data.bench import run_benchmark
+    from supcon_fast.bench.data import run_benchmark
 
     with pytest.raises(ValueError, match="steps"):
-        run_benchmark(tiny_root, loaders=("torchvision",), size=32, batch_size=4, threads=0,
+        run_benchmark(tiny_root, backends=("torch",), size=32, batch_size=4, threads=0,
                       steps=50, warmup=1, rounds=1)

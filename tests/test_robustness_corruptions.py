@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("imagecorruptions")
-from supcon_fast import robustness as rb  # noqa: E402
+from supcon_fast.robustness import corruptions as rb  # noqa: E402
 
 
 def _image(seed=0, size=32):

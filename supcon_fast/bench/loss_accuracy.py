@@ -27,7 +27,7 @@ import statistics
 
 import torch
 
-from .provenance import git_commit, machine_info, utc_now
+from ..provenance import git_commit, machine_info, utc_now
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KINDS = ("isotropic", "clustered")
@@ -71,9 +71,9 @@ def _errors(loss, grad, loss64, grad64) -> dict:
 def measure(n: int = 2048, dim: int = 128, classes: int = 100, temperatures=(0.1, 0.07), dtypes=("fp32", "bf16"),
             kinds=KINDS, seeds=(0, 1, 2), variant: str = "out", kernel: str = "cpu", progress=print) -> dict:
     """Every (kind, temperature, seed, dtype) case; returns the records, a summary and provenance."""
-    from . import ops, supcon_loss
-    from .reference import supcon_loss_reference
-    from .testing import cuda_emulation
+    from .. import ops, supcon_loss
+    from ..reference import supcon_loss_reference
+    from ..testing import cuda_emulation
     if kernel not in KERNELS:
         raise ValueError(f"kernel: {kernel!r} is not one of {list(KERNELS)}")
     device = "cpu"
@@ -106,7 +106,7 @@ def measure(n: int = 2048, dim: int = 128, classes: int = 100, temperatures=(0.1
                     progress(f"{kind:>9} T={temperature:<5} seed {seed} {name}: loss rel err {rec['loss_rel_err']:.2e} "
                              f"(input rounding {rec['input_rounding']['loss_rel_err']:.2e}), grad rel err "
                              f"{rec['grad_rel_err']:.2e} (input rounding {rec['input_rounding']['grad_rel_err']:.2e})")
-    return {"what": "fused SupCon loss on low-precision inputs vs fp64 reference (see supcon_fast/loss_accuracy.py)",
+    return {"what": "fused SupCon loss on low-precision inputs vs fp64 reference (see supcon_fast/bench/loss_accuracy.py)",
             "config": {"n": n, "dim": dim, "classes": classes, "temperatures": list(temperatures),
                        "dtypes": list(dtypes), "kinds": list(kinds), "seeds": list(seeds), "variant": variant,
                        "kernel": kernel, "cluster_spread": CLUSTER_SPREAD},

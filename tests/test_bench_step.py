@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from supcon_fast.engine import profile
+from supcon_fast.bench import step as profile
 
 TINY = dict(arch="resnet18", image_size=16, batch_size=6, views=2, steps=2, warmup=1, device="cpu",
             stem="small", width=4, num_classes=5)

@@ -1,7 +1,7 @@
 """The in-memory train loader (tests, DALI-less machines): sharding, augmentation randomness, exact resume."""
 import torch
 
-from supcon_fast.engine.memdata import TensorEvalLoader, TensorTrainLoader
+from supcon_fast.data.memory import TensorEvalLoader, TensorTrainLoader
 
 
 def _data(n=40):
@@ -60,10 +60,10 @@ def test_load_folder_reads_unusual_images_and_names_or_skips_bad_ones(tmp_path):
     from data_fixtures import BAD_KINDS, write_bad, write_unusual
     from PIL import Image
 
-    from supcon_fast.engine.memdata import load_folder
+    from supcon_fast.data.memory import load_folder
 
     write_unusual(tmp_path / "odd")
-    with pytest.raises(ValueError, match="one size.*--loader auto"):  # this loader does not resize
+    with pytest.raises(ValueError, match="one size.*--backend auto"):  # this loader does not resize
         load_folder(str(tmp_path / "odd"))
     root = tmp_path / "d"
     for p in write_unusual(root):  # CMYK, greyscale, PNG named .jpg: at one size they all load

@@ -1,7 +1,7 @@
-"""Loader throughput: DALI vs the torchvision baseline, side by side in one process.
+"""Loader throughput: DALI vs the torch (torchvision transforms) baseline, side by side in one process.
 
-For each policy both loaders are built, then measured in alternating rounds (DALI, torchvision,
-torchvision, DALI, ...) so that background load on a shared machine hits both alike. A round
+For each policy both loaders are built, then measured in alternating rounds (DALI, torch,
+torch, DALI, ...) so that background load on a shared machine hits both alike. A round
 starts a fresh epoch, takes `warmup` batches untimed (pipeline build, worker start-up, first
 batches), then times `steps` batches. The reported rate is the median over rounds; every round's
 rate is kept in the record.
@@ -17,21 +17,21 @@ import torch
 
 from ..provenance import git_commit, machine_info, utc_now
 
-LOADERS = ("dali", "torchvision")
+BACKENDS = ("dali", "torch")   # supcon_fast.data's builders' names ('torchvision' accepted for 'torch')
 
 
 def make_loader(kind, root, *, policy, device, size, views, batch_size, threads, seed=0):
     if kind == "dali":
-        from . import build_train_loader
+        from ..data import build_train_loader
 
         return build_train_loader(root, batch_size=batch_size, n_views=views, size=size,
                                   policy=policy, device=device, num_threads=threads, seed=seed)
-    if kind == "torchvision":
-        from .torchvision_baseline import TorchvisionTrainLoader
+    if kind in ("torch", "torchvision"):
+        from ..data.torch_loaders import TorchTrainLoader
 
-        return TorchvisionTrainLoader(root, batch_size=batch_size, n_views=views, size=size,
+        return TorchTrainLoader(root, batch_size=batch_size, n_views=views, size=size,
                                       policy=policy, num_threads=threads, seed=seed)
-    raise ValueError(f"loaders: unknown loader {kind!r}; choose from {LOADERS}")
+    raise ValueError(f"backends: unknown backend {kind!r}; choose from {BACKENDS}")
 
 
 def _time_round(loader, epoch, warmup, steps, device):
@@ -44,7 +44,7 @@ def _time_round(loader, epoch, warmup, steps, device):
     n_img = n_views = 0
     for _ in range(steps):
         views, labels = next(it)
-        views = [v.to(device, non_blocking=True) for v in views]  # torchvision yields CPU
+        views = [v.to(device, non_blocking=True) for v in views]  # the torch loaders yield CPU tensors
         n_img += labels.shape[0]
         n_views += sum(v.shape[0] for v in views)
     if torch.device(device).type == "cuda":
@@ -54,7 +54,7 @@ def _time_round(loader, epoch, warmup, steps, device):
     return {"warmup_s": t1 - t0, "images": n_img, "views": n_views, "seconds": t2 - t1}
 
 
-def run_benchmark(root, *, loaders=LOADERS, policies=("simclr",), device="cpu", size=224, views=2,
+def run_benchmark(root, *, backends=BACKENDS, policies=("simclr",), device="cpu", size=224, views=2,
                   batch_size=32, threads=2, steps=10, warmup=2, rounds=3, note=""):
     """Returns one record per (policy, loader)."""
     commit, date, machine = git_commit(), utc_now(), machine_info(device)
@@ -62,24 +62,24 @@ def run_benchmark(root, *, loaders=LOADERS, policies=("simclr",), device="cpu", 
     records = []
     for policy in policies:
         built = {k: make_loader(k, root, policy=policy, device=device, size=size, views=views,
-                                batch_size=batch_size, threads=threads) for k in loaders}
+                                batch_size=batch_size, threads=threads) for k in backends}
         need = warmup + steps
         for k, ld in built.items():
             if len(ld) < need:
                 raise ValueError(f"steps: warmup + steps = {need} batches exceed one epoch "
                                  f"({len(ld)} batches of {batch_size}) of {root!r}; use a "
                                  f"larger dataset or fewer steps")
-        per = {k: [] for k in loaders}
+        per = {k: [] for k in backends}
         for r in range(rounds):
-            order = list(loaders) if r % 2 == 0 else list(reversed(loaders))
+            order = list(backends) if r % 2 == 0 else list(reversed(backends))
             for k in order:
                 per[k].append(_time_round(built[k], r, warmup, steps, device))
-        for k in loaders:
+        for k in backends:
             rounds_ = per[k]
             vps = [x["views"] / x["seconds"] for x in rounds_]
             ips = [x["images"] / x["seconds"] for x in rounds_]
             records.append({
-                "loader": k, "policy": policy, "device": str(device), "size": size,
+                "backend": k, "policy": policy, "device": str(device), "size": size,
                 "views": views, "batch_size": batch_size, "threads": threads,
                 "views_per_s": round(statistics.median(vps), 2),
                 "images_per_s": round(statistics.median(ips), 2),
@@ -94,19 +94,19 @@ def run_benchmark(root, *, loaders=LOADERS, policies=("simclr",), device="cpu", 
 
 
 def ratios(records, policy=None):
-    """DALI / torchvision views/s per policy."""
-    by = {(r["policy"], r["loader"]): r["views_per_s"] for r in records}
+    """DALI / torch views/s per policy."""
+    by = {(r["policy"], r["backend"]): r["views_per_s"] for r in records}
     out = {}
     for (pol, kind), v in by.items():
-        if kind == "dali" and (pol, "torchvision") in by and (policy is None or pol == policy):
-            out[pol] = round(v / by[(pol, "torchvision")], 2)
+        if kind == "dali" and (pol, "torch") in by and (policy is None or pol == policy):
+            out[pol] = round(v / by[(pol, "torch")], 2)
     return out
 
 
 def write_json(records, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"records": records, "dali_over_torchvision": ratios(records)}, f, indent=1)
+        json.dump({"records": records, "dali_over_torch": ratios(records)}, f, indent=1)
 
 
 def plot(records, path):
@@ -117,8 +117,8 @@ def plot(records, path):
     import matplotlib.pyplot as plt
 
     policies = list(dict.fromkeys(r["policy"] for r in records))
-    kinds = list(dict.fromkeys(r["loader"] for r in records))
-    by = {(r["policy"], r["loader"]): r["views_per_s"] for r in records}
+    kinds = list(dict.fromkeys(r["backend"] for r in records))
+    by = {(r["policy"], r["backend"]): r["views_per_s"] for r in records}
     rat = ratios(records)
     width = 0.8 / len(kinds)
     fig, ax = plt.subplots(figsize=(1.6 * len(policies) + 2, 4))

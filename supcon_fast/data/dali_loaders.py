@@ -177,7 +177,7 @@ def _to_torch(tl, dtype, device):
 
 
 class _DaliLoaderBase:
-    backend = "dali"   # what a run reports as its data backend (the torchvision loaders: "torchvision")
+    backend = "dali"   # what a run reports as its data backend (the torch loaders: "torch")
     _error = staticmethod(corrupt.train_error)
     _exclusion_note = {}
 

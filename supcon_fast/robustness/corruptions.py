@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.folder import IMG_EXTENSIONS
+
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
                "jpeg_compression")
 SEVERITIES = (1, 2, 3, 4, 5)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST = "manifest.json"
 # relative CE needs the baseline to degrade: at least 5 error points summed over the 5 severities
 MIN_DEGRADATION = 0.05
@@ -38,7 +39,7 @@ def list_split(root: str | os.PathLike) -> list[tuple[Path, str]]:
     if not root.is_dir():
         raise FileNotFoundError(f"data: split folder {str(root)!r} does not exist")
     items = [(p, c.name) for c in sorted(root.iterdir()) if c.is_dir()
-             for p in sorted(c.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+             for p in sorted(c.iterdir()) if p.suffix.lower() in IMG_EXTENSIONS]
     if not items:
         raise ValueError(f"data: no images under {str(root)!r} (expected root/<class>/<image>)")
     return items

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from .provenance import git_commit, machine_info, utc_now
+from ..provenance import git_commit, machine_info, utc_now
 
 IMPLS = ("fused", "reference", "reference_compiled", "pml")
 DTYPES = {"fp64": "float64", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -108,7 +108,7 @@ def run_case(case: dict) -> dict:
 
 def run_case_subprocess(case: dict, timeout_s: float) -> dict:
     """run_case in a fresh interpreter; a timeout, an OOM or a crash becomes the record's status."""
-    cmd = [sys.executable, "-m", "supcon_fast.benchmarks", json.dumps(case)]
+    cmd = [sys.executable, "-m", "supcon_fast.bench.loss", json.dumps(case)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -218,7 +218,7 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # one case, in a fresh process: python -m supcon_fast.benchmarks '{"impl": ...}'
+if __name__ == "__main__":  # one case, in a fresh process: python -m supcon_fast.bench.loss '{"impl": ...}'
     try:
         print(json.dumps(run_case(json.loads(sys.argv[1]))), flush=True)
     except (MemoryError, RuntimeError) as e:

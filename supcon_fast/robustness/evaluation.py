@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .. import robustness as rb
-from . import checkpoint, config
-from .data import eval_resize, with_data
-from .linear_eval import linear_eval, load_linear_head
-from .pretrain import build_pretrain_model
-from .runtime import Runtime
+from . import corruptions as rb
+from ..engine import checkpoint, config
+from ..engine.data import eval_resize, with_data
+from ..engine.linear_eval import linear_eval, load_linear_head
+from ..engine.pretrain import build_pretrain_model
+from ..engine.runtime import Runtime
 
 
 class Classifier(torch.nn.Module):

@@ -1,4 +1,5 @@
-"""The torchvision loaders behind backend='torchvision' (and 'auto' where DALI is missing)."""
+"""The torch loaders (torchvision transforms) behind backend='torch' (and 'auto' where DALI is missing);
+'torchvision', the older name, still selects them."""
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from supcon_fast.data import build_eval_loader, build_train_loader, folder, scan
 
 
 def _tv_train(root, **kw):
-    kw = {"batch_size": 4, "size": 32, "num_threads": 0, "backend": "torchvision", **kw}
+    kw = {"batch_size": 4, "size": 32, "num_threads": 0, "backend": "torch", **kw}
     return build_train_loader(root, **kw)
 
 
@@ -44,7 +45,7 @@ def test_eval_fallback_every_image_once(tiny_root, num_shards):
     ys = []
     for k in range(num_shards):
         ld = build_eval_loader(tiny_root, batch_size=4, size=32, shard_id=k,
-                               num_shards=num_shards, num_threads=0, backend="torchvision")
+                               num_shards=num_shards, num_threads=0, backend="torchvision")  # the older name
         for x, y in ld:
             assert x.shape[1:] == (3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
             ys.append(y)
@@ -58,15 +59,15 @@ def test_backend_argument_checked(tiny_root):
 
 def test_auto_falls_back_without_dali(tiny_root, monkeypatch):
     import supcon_fast.data as data
-    from supcon_fast.data.torchvision_baseline import TorchvisionEvalLoader, TorchvisionTrainLoader
+    from supcon_fast.data.torch_loaders import TorchEvalLoader, TorchTrainLoader
 
     monkeypatch.setattr(data, "dali_available", lambda: False)
     with pytest.warns(UserWarning, match="nvidia.dali is not installed"):
         ld = build_train_loader(tiny_root, batch_size=4, size=32, num_threads=0)
-    assert isinstance(ld, TorchvisionTrainLoader)
+    assert isinstance(ld, TorchTrainLoader)
     with pytest.warns(UserWarning):
         assert isinstance(build_eval_loader(tiny_root, batch_size=4, num_threads=0),
-                          TorchvisionEvalLoader)
+                          TorchEvalLoader)
     with pytest.raises(ImportError, match="backend"):
         build_train_loader(tiny_root, batch_size=4, backend="dali")
 
@@ -112,7 +113,7 @@ def test_train_fallback_worker_errors_name_the_file(tmp_path):
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_eval_fallback_refuses_to_skip(tmp_path, kind):
     root, bad = _with_bad(tmp_path, kind)
-    kw = dict(batch_size=4, size=32, num_threads=0, backend="torchvision", verify="none")
+    kw = dict(batch_size=4, size=32, num_threads=0, backend="torch", verify="none")
     with pytest.raises(ValueError) as e:
         list(build_eval_loader(root, **kw))
     assert "zz_bad.jpg" in str(e.value) and "must be complete" in str(e.value)
@@ -131,5 +132,5 @@ def test_fallback_loads_unusual_valid_images(tmp_path):
     (views, labels), = list(_tv_train(root, batch_size=11, verify="full"))
     assert labels.shape == (11,) and all(torch.isfinite(v).all() for v in views)
     (x, _), = list(build_eval_loader(root, batch_size=11, size=32, num_threads=0,
-                                     backend="torchvision", verify="full"))
+                                     backend="torch", verify="full"))
     assert x.shape == (11, 3, 32, 32) and torch.isfinite(x).all()

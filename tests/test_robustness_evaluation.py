@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("imagecorruptions")
-from supcon_fast import robustness as rb  # noqa: E402
+from supcon_fast.robustness import corruptions as rb  # noqa: E402
 from supcon_fast.engine import config  # noqa: E402
-from supcon_fast.engine.corruption_eval import Classifier, evaluate, top1_error  # noqa: E402
+from supcon_fast.robustness.evaluation import Classifier, evaluate, top1_error  # noqa: E402
 from supcon_fast.engine.run import run  # noqa: E402
 from data_fixtures import make_tiny_folder, tiny_argv  # noqa: E402
 

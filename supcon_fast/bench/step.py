@@ -30,11 +30,11 @@ from ..provenance import git_commit, machine_info, utc_now
 from ..loss import anchor_block_terms, masked_mean
 from ..models import build_model
 from ..reference import flatten_views
-from .losses import make_criterion
-from .memdata import SyntheticLoader
-from .optim import WarmupCosine, build_optimizer
-from .precision import amp_dtype, dtype_name, grad_scaler, resolve_loss_dtype
-from .step import TrainStep
+from ..engine.losses import make_criterion
+from ..data.memory import SyntheticLoader
+from ..engine.optim import WarmupCosine, build_optimizer
+from ..engine.precision import amp_dtype, dtype_name, grad_scaler, resolve_loss_dtype
+from ..engine.step import TrainStep
 
 PHASES = ("data_wait", "encoder_forward", "head", "loss", "backward", "optimizer")
 

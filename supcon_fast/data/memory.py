@@ -19,9 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+from .folder import IMG_EXTENSIONS
+from .recipe import IMAGENET_MEAN, IMAGENET_STD
+
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def load_folder(root: str, *, skip_corrupt: bool = False, evaluation: bool = False):
@@ -33,14 +35,14 @@ def load_folder(root: str, *, skip_corrupt: bool = False, evaluation: bool = Fal
     """
     from PIL import Image
 
-    from ..data import corrupt
+    from . import corrupt
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data: image folder {root!r} does not exist")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     imgs, labels, paths, skipped = [], [], [], {}
     for c, name in enumerate(classes):
         for fn in sorted(os.listdir(os.path.join(root, name))):
-            if fn.lower().endswith(_EXT):
+            if fn.lower().endswith(IMG_EXTENSIONS):
                 path = os.path.join(root, name, fn)
                 try:
                     with Image.open(path) as im:
@@ -62,7 +64,7 @@ def load_folder(root: str, *, skip_corrupt: bool = False, evaluation: bool = Fal
         k = next(i for i, a in enumerate(imgs) if a.shape != imgs[0].shape)
         raise ValueError(f"data: the in-memory loader needs images of one size, but {root!r} has "
                          f"{len(sizes)} ({paths[0]!r} is {imgs[0].shape[:2]}, {paths[k]!r} is "
-                         f"{imgs[k].shape[:2]}); use --loader auto (DALI or torchvision), which "
+                         f"{imgs[k].shape[:2]}); use --backend auto (DALI or torch), which "
                          f"crops and resizes each image")
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.int64), classes, skipped
@@ -195,18 +197,28 @@ class SyntheticLoader:
         self.views = [torch.randn(batch_size, 3, size, size, generator=g).to(device, memory_format=fmt)
                       for _ in range(n_views)]
         self.labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
-        self.steps, self.num_classes, self._start = steps, num_classes, 0
+        self.steps, self.num_classes = steps, num_classes
+        self.epoch, self._start, self._step = 0, 0, 0
 
     def __len__(self) -> int:
         return self.steps
 
     def set_epoch(self, epoch: int) -> None:
-        self._start = 0
+        if epoch != self.epoch:       # a pending resume position is for its own epoch only
+            self._start = 0
+        self.epoch = epoch
 
     def skip_batches(self, k: int) -> None:
         self._start = k
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self._step}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.epoch, self._start = int(sd["epoch"]), int(sd["step"])
+
     def __iter__(self):
         start, self._start = self._start, 0
-        for _ in range(start, self.steps):
+        for step in range(start, self.steps):
+            self._step = step + 1
             yield self.views, self.labels

@@ -1,7 +1,7 @@
 """The loss benchmark's records: schema, and out-of-memory / time-out cases recorded, not dropped."""
 import json
 
-from supcon_fast import benchmarks
+from supcon_fast.bench import loss as benchmarks
 
 KEYS = {"impl", "device", "device_name", "dtype", "n", "dim", "fwd_bwd_ms", "peak_mem_bytes", "torch", "commit",
         "date", "status", "machine"}

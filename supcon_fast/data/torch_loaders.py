@@ -4,8 +4,8 @@
 It reads the same sample list in the same per-epoch order (folder.train_shard_indices), decodes
 each image once and draws `n_views` independent views from it, like the DALI pipeline. Decoding
 and transforms run in `num_threads` DataLoader worker processes (the usual way to parallelize
-torchvision), on uint8 tensors (`backend='tensor'`, decode with torchvision.io / libjpeg-turbo)
-or PIL images (`backend='pil'`, as the popular SupCon reference code does).
+torchvision), on uint8 tensors (`decoder='tensor'`, decode with torchvision.io / libjpeg-turbo)
+or PIL images (`decoder='pil'`, as the popular SupCon reference code does).
 """
 from __future__ import annotations
 
@@ -59,12 +59,12 @@ class MultiViewDataset(Dataset):
     'drop' the views are None.
     """
 
-    def __init__(self, samples, transform, n_views, backend="tensor", on_bad="raise",
+    def __init__(self, samples, transform, n_views, decoder="tensor", on_bad="raise",
                  error=corrupt.train_error):
-        if backend not in ("tensor", "pil"):
-            raise ValueError(f"backend: expected 'tensor' or 'pil', got {backend!r}")
+        if decoder not in ("tensor", "pil"):
+            raise ValueError(f"decoder: expected 'tensor' or 'pil', got {decoder!r}")
         self.samples, self.transform = samples, transform
-        self.n_views, self.backend, self.on_bad, self.error = n_views, backend, on_bad, error
+        self.n_views, self.decoder, self.on_bad, self.error = n_views, decoder, on_bad, error
 
     def __len__(self):
         return len(self.samples)
@@ -90,7 +90,7 @@ class MultiViewDataset(Dataset):
                 bad)
 
     def _decode(self, path):
-        if self.backend == "pil":
+        if self.decoder == "pil":
             from PIL import Image
 
             with Image.open(path) as im:
@@ -152,7 +152,7 @@ def _data_loader(ds, *, batch_size, sampler, num_threads, collate_fn, prefetch_f
                       worker_init_fn=_one_thread, generator=generator)
 
 
-class TorchvisionTrainLoader:
+class TorchTrainLoader:
     """DataLoader with the DALI loader's surface (len, set_epoch, state_dict, num_classes, ...).
 
     Also the fallback where DALI is not installed (`backend="auto"`). The order of batches and
@@ -162,11 +162,11 @@ class TorchvisionTrainLoader:
     replacement rule, so the same images in every batch; the list is in `state_dict()`.
     """
 
-    backend = "torchvision"
+    backend = "torch"
 
     def __init__(self, root, *, batch_size, n_views=2, size=224, policy="simclr", shard_id=0,
                  num_shards=1, seed=0, num_threads=2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 device="cpu", dtype=torch.float32, backend="tensor", prefetch_factor=2,
+                 device="cpu", dtype=torch.float32, decoder="tensor", prefetch_factor=2,
                  samples=None, skip_corrupt=False):
         folder.check_shard_args(shard_id, num_shards)
         self.samples = samples if samples is not None else folder.scan(root)
@@ -180,7 +180,7 @@ class TorchvisionTrainLoader:
                                          exclusions=self.exclusions)
         self.generator = torch.Generator()
         ds = MultiViewDataset(self.samples, view_transform(policy, size, scale, ratio), n_views,
-                              backend, on_bad="replace" if skip_corrupt else "raise")
+                              decoder, on_bad="replace" if skip_corrupt else "raise")
         self.loader = _data_loader(ds, batch_size=batch_size, sampler=self.sampler,
                                    num_threads=num_threads, collate_fn=_collate,
                                    prefetch_factor=prefetch_factor, generator=self.generator)
@@ -248,13 +248,13 @@ class TorchvisionTrainLoader:
 
 
 class EvalDataset(Dataset):
-    def __init__(self, samples, indices, size, resize, backend="tensor", drop_corrupt=False):
+    def __init__(self, samples, indices, size, resize, decoder="tensor", drop_corrupt=False):
         from torchvision.transforms import v2
 
         self.base = MultiViewDataset(samples, v2.Compose([
             v2.Resize(resize, antialias=True), v2.CenterCrop(size), v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]), 1, backend,
+            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]), 1, decoder,
             on_bad="drop" if drop_corrupt else "raise", error=corrupt.eval_error)
         self.indices = indices
 
@@ -276,11 +276,11 @@ def _collate_eval(batch):
             torch.as_tensor(np.array([b[1] for b in batch], dtype=np.int64)), bad)
 
 
-class TorchvisionEvalLoader:
+class TorchEvalLoader:
     """Eval counterpart (the DALI-less fallback): same shards and transforms as DaliEvalLoader,
     and the same handling of bad files (raise; `drop_corrupt` for a training split's features)."""
 
-    backend = "torchvision"
+    backend = "torch"
 
     def __init__(self, root, *, batch_size, size=224, device="cpu", shard_id=0, num_shards=1,
                  num_threads=2, dtype=torch.float32, resize=None, samples=None,

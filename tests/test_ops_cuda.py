@@ -234,7 +234,8 @@ def test_one_column_split(be, n, d, offset, m, dtype, variant_in):
         pytest.skip("the large-N tests cover this plan on a GPU")
     one_sm = Backend("emu", sm_count=1)
     check_case(one_sm, n, d, offset, m, dtype, variant_in)
-    fwd, bwd = (launch for launch in one_sm.launches if "tile" in launch["kernel"])
+    fwd = next(k for k in one_sm.launches if k["kernel"].startswith("supcon_fwd") and "finalize" not in k["kernel"])
+    bwd = next(k for k in one_sm.launches if k["kernel"].startswith("supcon_bwd"))
     bm = 128 if dtype in (torch.bfloat16, torch.float16) else 64
     assert fwd["grid"][1] <= 2 < math.ceil(n / 64)  # several column tiles per block
     if m == n:  # every row an anchor: one block per row block, writing its grad rows directly
@@ -251,6 +252,25 @@ def test_every_arch(be, arch, dtype):
         pytest.skip("a GPU is one arch; the emulation plans for each")
     for variant_in in (False, True):
         check_case(Backend("emu", arch=arch), 450, 80, 70, 260, dtype, variant_in)
+
+
+@pytest.mark.parametrize("dtype,d,arch,kernel", [
+    (torch.float16, 13, "sm_90", "supcon_fwd_mma_kernel<fp16, DP=64>"),
+    (torch.bfloat16, 128, "sm_90", "supcon_fwd_mma_kernel<bf16, DP=128>"),
+    (torch.bfloat16, 129, "sm_90", "supcon_fwd_mma_kernel<bf16, DP=256>"),
+    (torch.bfloat16, 256, "sm_86", "supcon_fwd_tile_kernel<bf16"),     # DP=256 needs 101 KB: over 99 KB
+    (torch.float16, 257, "sm_90", "supcon_fwd_tile_kernel<fp16"),
+    (torch.float32, 64, "sm_90", "supcon_fwd_tile_kernel<fp32"),
+])
+def test_forward_kernel_choice(be, dtype, d, arch, kernel):
+    """fp16 / bf16 with D <= 256 run the mma.sync forward where its shared memory fits the arch, the
+    rest the tile engines' kernel; both give the same statistics to the accuracy rule (the shape tests)."""
+    if not be.emulated:
+        pytest.skip("the emulation lists its launches")
+    emu = Backend("emu", arch=arch)
+    check_case(emu, 150, d, 20, 100, dtype, False)
+    names = [k["kernel"] for k in emu.launches if k["kernel"].startswith("supcon_fwd") and "finalize" not in k["kernel"]]
+    assert len(names) == 1 and names[0].startswith(kernel), names
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -27,16 +27,17 @@ def test_launches_record_every_kernel_with_grid_block_and_shared_memory():
     with cuda_emulation() as emu:
         fwd_bwd(z, labels)
     assert [r["kernel"] for r in emu.launches] == [
-        "supcon_fwd_tile_kernel<bf16, BK=128>", "supcon_fwd_finalize_kernel<bf16, BK=128>",
+        "supcon_fwd_mma_kernel<bf16, DP=64>", "supcon_fwd_finalize_kernel<bf16, BK=128>",
         "supcon_bwd_tile_kernel<bf16, BK=128>"]
     fwd, fin, bwd = emu.launches
-    # 128-row blocks; the 4 column tiles of 64 split over the grid's y to fill an H200's 132 SMs
-    assert fwd["grid"] == (2, 4, 1) and fwd["block"] == (256, 1, 1)
+    # 64-row blocks; the 4 column tiles of 64 split over the grid's y to fill an H200's 132 SMs
+    assert fwd["grid"] == (4, 4, 1) and fwd["block"] == (128, 1, 1)
     assert fin["grid"] == (1, 1, 1) and fin["block"] == (256, 1, 1) and fin["smem_bytes"] == 0
     # backward: a 1-D grid of (row block, column part) items, here both row blocks cut in 4
     assert bwd["grid"] == (8, 1, 1) and bwd["block"] == (256, 1, 1)
-    # Zr, Zc, S tiles + labels (forward); + H tile and per-row statistics (backward)
-    assert fwd["smem_bytes"] == 34816 + 17408 + 34816 + 1536
+    # forward: the anchor tile, two column-tile stages (64 rows x (64 + 8) halves each) + labels;
+    # backward: Zr, Zc, S and H tiles, labels and per-row statistics
+    assert fwd["smem_bytes"] == 3 * 9216 + 1536
     assert bwd["smem_bytes"] == 34816 + 17408 + 34816 + 18432 + 1536 + 2304
     z32, _ = problem(200, torch.float32)
     with cuda_emulation() as emu32:
@@ -52,11 +53,12 @@ def test_arch_sets_the_sm_count_the_planning_sees():
         with cuda_emulation(arch=arch) as emu:
             ops.supcon_fwd(z, labels, 0, 2000, 0.1, False)
         grids[arch] = emu.launches[0]["grid"]
-    # 16 row blocks, 32 column tiles: about two blocks per SM -> 11 splits of 3 tiles (108 SMs), 16 of 2 (132 SMs)
-    assert grids == {"sm_80": (16, 11, 1), "sm_90": (16, 16, 1)}
-    with cuda_emulation(sm_count=4) as emu:  # 8 blocks wanted: the 16 row blocks alone are enough
+    # 32 row blocks of 64, 32 column tiles: the whole-wave search (supcon_plan.cuh) picks 32 splits of
+    # one tile on 108 SMs (makespan 1.055 x the ideal) and 8 splits of 4 tiles on 132 SMs (1.031)
+    assert grids == {"sm_80": (32, 32, 1), "sm_90": (32, 8, 1)}
+    with cuda_emulation(sm_count=4) as emu:  # 8 blocks wanted: the 32 row blocks alone are enough
         ops.supcon_fwd(z, labels, 0, 2000, 0.1, False)
-    assert emu.launches[0]["grid"] == (16, 1, 1) and emu.sm_count == 4
+    assert emu.launches[0]["grid"] == (32, 1, 1) and emu.sm_count == 4
 
 
 @pytest.mark.parametrize("dtype,bwd_kernel,bwd_smem", [

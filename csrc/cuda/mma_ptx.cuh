@@ -6,6 +6,7 @@
 //   ldmatrix_x4_trans(r, row)  the same, transposed
 //   cp_async_16(dst, src, pred) cp.async.cg.shared.global, 16 bytes (zeros when !pred)
 //   cp_async_commit(), cp_async_wait<N>()  commit_group / wait_group N
+//   ex2(x)                     ex2.approx.ftz.f32: 2^x on the MUFU unit (2 ulp; the emulation: exp2f)
 // sm_80 and newer. The layouts are spelled out in emu_mma.h.
 #pragma once
 
@@ -46,6 +47,7 @@ template <int N>
 inline void cp_async_wait() {
   supcon_emu::async_wait(N);
 }
+inline float ex2(float x) { return std::exp2(x); }
 
 #else
 
@@ -93,6 +95,11 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 #endif

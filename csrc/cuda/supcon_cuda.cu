@@ -1,9 +1,10 @@
 // CUDA implementation of supcon_fast::supcon_fwd / supcon_bwd (schemas in csrc/ops.cpp, contract
 // in csrc/supcon.h and docs/design.md). Kernels: supcon_kernels.cuh.
 //
-// dtypes: fp16 / bf16 run on tensor cores (WMMA, fp32 accumulation, fp32 statistics); fp32 runs the
-// FFMA engine (true fp32 products and sums: no TF32, so it keeps fp32 accuracy); fp64 runs the same
-// FFMA engine in fp64 (slow, for checking).
+// dtypes: fp16 / bf16 run on tensor cores (fp32 accumulation, fp32 statistics): the forward with
+// mma.sync on register-resident S tiles for D <= 256 (supcon_mma_fwd.cuh), else with WMMA like the
+// backward; fp32 runs the FFMA engine (true fp32 products and sums: no TF32, so it keeps fp32
+// accuracy); fp64 runs the same FFMA engine in fp64 (slow, for checking).
 //
 // This host code is compiled twice: by nvcc for the device (registered for the CUDA dispatch key
 // below), and as plain C++ with SUPCON_EMULATION by csrc/emu/supcon_emu.cpp, where the same
@@ -23,6 +24,7 @@
 #include "../supcon.h"
 #include "device_api.cuh"
 #include "supcon_kernels.cuh"
+#include "supcon_mma_fwd.cuh"
 
 namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
@@ -70,42 +72,81 @@ at::Tensor class_sum_dots(const at::Tensor& z, const at::Tensor& labels, int64_t
   return (za * others).sum(1).contiguous();
 }
 
+// A forward configuration is an mma.sync one (MmaFwd) or a tile engine; Engine is the tile engine
+// whose FwdPartial layout and finalize kernel it uses.
+template <class C> struct IsMmaFwd : std::false_type { using Engine = C; };
+template <typename T, int DP> struct IsMmaFwd<MmaFwd<T, DP>> : std::true_type {
+  using Engine = typename MmaFwd<T, DP>::E;
+};
+
+// Calls fn(C()) with the forward's kernel configuration for D on a device with `optin` bytes of
+// shared memory per block: for fp16 / bf16 the mma.sync kernel with D padded to 64, 128 or 256
+// where that fits, else the tile engine's kernel (also for fp32 / fp64). The one place that decides.
+template <typename scalar_t, class Fn>
+void with_fwd_config(int64_t D, int optin, Fn&& fn) {
+  using E = typename EngineFor<scalar_t>::type;
+  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    using T = typename E::in_t;
+    if (D <= 64 && MmaFwd<T, 64>::bytes <= optin) return fn(MmaFwd<T, 64>());
+    if (D <= 128 && MmaFwd<T, 128>::bytes <= optin) return fn(MmaFwd<T, 128>());
+    if (D <= 256 && MmaFwd<T, 256>::bytes <= optin) return fn(MmaFwd<T, 256>());
+  }
+  fn(E());
+}
+
+template <class C>
+void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, double temperature,
+                       bool variant_in, const plan::FwdPlan& fp, void* ws) {
+  using E = typename IsMmaFwd<C>::Engine;
+  const dim3 grid(static_cast<unsigned>(fp.row_blocks), static_cast<unsigned>(fp.splits));
+  if constexpr (IsMmaFwd<C>::value) {
+    MmaFwdParams<C> p{reinterpret_cast<const uint16_t*>(z.data_ptr()), labels.data_ptr<int64_t>(), z.size(0),
+                      z.size(1), offset, M, fp.tiles_per_split, static_cast<float>(1.0 / temperature), variant_in,
+                      vec_ok(z), static_cast<FwdPartial<E>*>(ws)};
+    set_smem(supcon_fwd_mma_kernel<C>, C::bytes, "supcon_fwd");
+    launch(supcon_fwd_mma_kernel<C>, std::string("supcon_fwd_mma_kernel<") + C::kName + ", DP=" + std::to_string(C::DP) + ">",
+           grid, dim3(C::NT), C::bytes, C::NT, p);
+  } else {
+    using st_t = typename E::st_t;
+    FwdParams<E> p;
+    p.z = reinterpret_cast<const typename E::raw_t*>(z.data_ptr());
+    p.labels = labels.data_ptr<int64_t>();
+    p.N = z.size(0);
+    p.D = z.size(1);
+    p.offset = offset;
+    p.M = M;
+    p.tiles_per_split = fp.tiles_per_split;
+    p.inv_t = static_cast<st_t>(1.0 / temperature);
+    p.variant_in = variant_in;
+    p.vec = vec_ok(z);
+    p.ws = static_cast<FwdPartial<E>*>(ws);
+    constexpr int smem = SmemLayout<E>::fwd_bytes;
+    set_smem(supcon_fwd_tile_kernel<E>, smem, "supcon_fwd");
+    launch(supcon_fwd_tile_kernel<E>, kernel_name<E>("supcon_fwd_tile_kernel"), grid, dim3(E::NT), smem, E::NT, p);
+  }
+}
+
 template <typename scalar_t>
 void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, double temperature,
                 bool variant_in, at::Tensor& loss, at::Tensor& lse, at::Tensor& pos, at::Tensor& npos) {
-  using E = typename EngineFor<scalar_t>::type;
+  using E = typename EngineFor<scalar_t>::type;  // the partials' layout and the finalize kernel
   using st_t = typename E::st_t;
-  using raw_t = typename E::raw_t;
   const int64_t N = z.size(0), D = z.size(1);
-  const plan::FwdPlan fp = plan::plan_fwd(M, N, E::BM, E::BN, sm_count());
-  const int64_t row_blocks = fp.row_blocks, splits = fp.splits;
-  TORCH_CHECK(row_blocks <= INT32_MAX, "supcon_fwd (", kBackend, "): too many anchors: ", M);
-  at::Tensor ws = empty_output({splits * M * static_cast<int64_t>(sizeof(FwdPartial<E>))}, z.options().dtype(at::kByte));
-
-  FwdParams<E> p;
-  p.z = reinterpret_cast<const raw_t*>(z.data_ptr());
-  p.labels = labels.data_ptr<int64_t>();
-  p.N = N;
-  p.D = D;
-  p.offset = offset;
-  p.M = M;
-  p.tiles_per_split = fp.tiles_per_split;
-  p.inv_t = static_cast<st_t>(1.0 / temperature);
-  p.variant_in = variant_in;
-  p.vec = vec_ok(z);
-  p.ws = reinterpret_cast<FwdPartial<E>*>(ws.data_ptr());
-
-  constexpr int smem = SmemLayout<E>::fwd_bytes;
-  set_smem(supcon_fwd_tile_kernel<E>, smem, "supcon_fwd");
-  launch(supcon_fwd_tile_kernel<E>, kernel_name<E>("supcon_fwd_tile_kernel"),
-         dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), dim3(E::NT), smem, E::NT, p);
-  at::Tensor pos_dot;
-  if (E::kExactOutPositives && !variant_in) pos_dot = class_sum_dots(z, labels, offset, M);
-  launch(supcon_fwd_finalize_kernel<E>, kernel_name<E>("supcon_fwd_finalize_kernel"),
-         dim3(static_cast<unsigned>(ceil_div(M, 256))), dim3(256), 0, 0, static_cast<const FwdPartial<E>*>(p.ws),
-         splits, M, variant_in, pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr,
-         1.0 / temperature, loss.data_ptr<st_t>(), lse.data_ptr<st_t>(), pos.data_ptr<st_t>(),
-         npos.data_ptr<int64_t>());
+  with_fwd_config<scalar_t>(D, smem_optin(), [&](auto config) {
+    using C = decltype(config);
+    const plan::FwdPlan fp = plan::plan_fwd(M, N, C::BM, C::BN, sm_count());
+    TORCH_CHECK(fp.row_blocks <= INT32_MAX, "supcon_fwd (", kBackend, "): too many anchors: ", M);
+    at::Tensor ws = empty_output({fp.splits * M * static_cast<int64_t>(sizeof(FwdPartial<E>))},
+                                 z.options().dtype(at::kByte));
+    launch_fwd_kernel<C>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr());
+    at::Tensor pos_dot;
+    if (E::kExactOutPositives && !variant_in) pos_dot = class_sum_dots(z, labels, offset, M);
+    launch(supcon_fwd_finalize_kernel<E>, kernel_name<E>("supcon_fwd_finalize_kernel"),
+           dim3(static_cast<unsigned>(ceil_div(M, 256))), dim3(256), 0, 0,
+           static_cast<const FwdPartial<E>*>(ws.data_ptr()), fp.splits, M, variant_in,
+           pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr, 1.0 / temperature,
+           loss.data_ptr<st_t>(), lse.data_ptr<st_t>(), pos.data_ptr<st_t>(), npos.data_ptr<int64_t>());
+  });
 }
 
 // Calls fn(E()) with the backward's tile configuration for a device with `optin` bytes of shared
@@ -245,12 +286,14 @@ at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t 
   std::vector<int64_t> rows;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "plan_blocks", [&] {
     if (kernel == "fwd") {
-      using E = typename EngineFor<scalar_t>::type;
-      const plan::FwdPlan fp = plan::plan_fwd(M, N, E::BM, E::BN, a.sms);
-      const int64_t tiles = ceil_div(N, E::BN);
-      for (int64_t s = 0; s < fp.splits; ++s)
-        for (int64_t rb = 0; rb < fp.row_blocks; ++rb)  // x (row blocks) varies fastest in launch order
-          rows.insert(rows.end(), {rb, std::min(tiles, (s + 1) * fp.tiles_per_split) - s * fp.tiles_per_split, 1});
+      with_fwd_config<scalar_t>(D, a.smem_optin, [&](auto config) {
+        using C = decltype(config);
+        const plan::FwdPlan fp = plan::plan_fwd(M, N, C::BM, C::BN, a.sms);
+        const int64_t tiles = ceil_div(N, C::BN);
+        for (int64_t s = 0; s < fp.splits; ++s)
+          for (int64_t rb = 0; rb < fp.row_blocks; ++rb)  // x (row blocks) varies fastest in launch order
+            rows.insert(rows.end(), {rb, std::min(tiles, (s + 1) * fp.tiles_per_split) - s * fp.tiles_per_split, 1});
+      });
       return;
     }
     with_bwd_engine<scalar_t>(a.smem_optin, [&](auto engine) {

@@ -1,0 +1,241 @@
+// The fp16 / bf16 forward in the FlashAttention-2 manner (used by supcon_cuda.cu for D <= 256):
+//   - S = Z_rows . Z_cols^T with mma.sync m16n8k16 on ldmatrix fragments (mma_ptx.cuh): each warp
+//     owns 16 anchor rows and the whole 64-column tile, so S stays in registers (the accumulator
+//     fragments) and never goes through shared memory;
+//   - one pass per tile: per-row online max and sum (and the positives' statistics) in registers,
+//     the exponentials in base 2 (log2(e) folded into the scale, exp2 on the MUFU unit), reduced over
+//     the 4 lanes that share a row with two shuffles;
+//   - column tiles double-buffered with cp.async: the next tile loads while this one is computed.
+// The anchor tile [BM x DP] stays in shared memory for the whole block. Output: one FwdPartial per
+// (split, anchor) in natural-log units, merged by supcon_fwd_finalize_kernel (supcon_kernels.cuh).
+#pragma once
+
+#include <cstdint>
+
+#include "mma_ptx.cuh"
+#include "supcon_kernels.cuh"
+
+namespace supcon_fast {
+namespace SUPCON_CUDA_NS {
+
+// Tile configuration of the forward for D padded to DP (a multiple of 64, at most 256).
+template <typename T, int DP_>
+struct MmaFwd {
+  using in_t = T;
+  using E = TcEngine<T>;                   // the FwdPartial layout and finalize kernel it shares
+  static constexpr const char* kName = E::kName;
+  static constexpr int BM = 64, BN = 64, NT = 128, DP = DP_;
+  static constexpr int KSTEPS = DP / 16;
+  static constexpr int LDZ = DP + 8;       // halves: 16-byte rows, the 8 rows of an ldmatrix on distinct banks
+  static_assert(DP % 64 == 0 && DP <= 256, "D padded to 64, 128, 192 or 256");
+  // shared memory, bytes: anchor tile, two column-tile stages, row labels, two stages of column labels
+  static constexpr int kZr = align128(BM * LDZ * 2), kZc = align128(BN * LDZ * 2);
+  static constexpr int zr = 0, zc0 = kZr, lab = kZr + 2 * kZc;
+  static constexpr int bytes = lab + align128((BM + 2 * BN) * (int)sizeof(int64_t));
+};
+
+// Rows [row0, row0 + rows_valid) of z, all D columns, into dst [ROWS x DP] (ld LDZ), the rest zero:
+// 16-byte cp.async copies (zero-filled past the valid rows and D) where z allows them, else plain
+// loads. The copies land at the caller's cp_async_wait.
+template <class C, int ROWS>
+__device__ __forceinline__ void mma_load_rows(uint16_t* __restrict__ dst, const uint16_t* __restrict__ z, int64_t D,
+                                              int64_t row0, int rows_valid, bool vec) {
+  constexpr int CPR = C::DP / 8;  // 16-byte chunks per row
+  if (vec) {
+    for (int idx = threadIdx.x; idx < ROWS * CPR; idx += C::NT) {
+      const int r = idx / CPR, k = (idx % CPR) * 8;
+      const bool ok = r < rows_valid && k < D;
+      ptx::cp_async_16(dst + r * C::LDZ + k, ok ? z + (row0 + r) * D + k : z, ok);
+    }
+    return;
+  }
+  for (int idx = threadIdx.x; idx < ROWS * C::DP; idx += C::NT) {
+    const int r = idx / C::DP, k = idx % C::DP;
+    dst[r * C::LDZ + k] = r < rows_valid && k < D ? z[(row0 + r) * D + k] : uint16_t(0);
+  }
+}
+
+// acc[n][i] += (this warp's 16 rows of Zr) . (columns 8 n .. 8 n + 7 of Zc)^T over all of DP.
+template <class C>
+__device__ __forceinline__ void mma_s_tile(float (&acc)[C::BN / 8][4], const uint16_t* Zr, const uint16_t* Zc) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int j = lane >> 3, r = lane & 7;  // this lane's row address: row r of matrix j of the x4
+#pragma unroll
+  for (int n = 0; n < C::BN / 8; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[n][i] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < C::KSTEPS; ++ks) {
+    uint32_t a[4];  // matrices: rows 0-7 / 8-15 x k 0-7, then the same x k 8-15
+    ptx::ldmatrix_x4(a, Zr + (warp * 16 + (j & 1) * 8 + r) * C::LDZ + ks * 16 + (j >> 1) * 8);
+#pragma unroll
+    for (int np = 0; np < C::BN / 16; ++np) {
+      uint32_t b[4];  // matrices: columns 0-7 x k 0-7, k 8-15, then columns 8-15 x k 0-7, k 8-15
+      ptx::ldmatrix_x4(b, Zc + (np * 16 + (j >> 1) * 8 + r) * C::LDZ + ks * 16 + (j & 1) * 8);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      ptx::mma_16816<typename C::in_t>(acc[2 * np], a, b0, acc[2 * np]);
+      ptx::mma_16816<typename C::in_t>(acc[2 * np + 1], a, b1, acc[2 * np + 1]);
+    }
+  }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+template <typename V>
+__device__ __forceinline__ V quad_sum(V v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The running statistics of one anchor row. Maxima and sums of logits are kept as raw dot products
+// (s = dot / T), so that they convert to natural units as the reference rounds them (fl(dot / T));
+// the exponentials run in base 2 on dot log2(e) / T.
+struct RowStats {
+  float m, l;    // max dot, and sum of exp(s - m / T) over the contrast set (this lane's columns)
+  float pm, pl;  // 'in': the same over the positives
+  float ps;      // 'out': sum of dot over the positives
+  int np;        // positives
+};
+
+// One row's 16 values of this lane in a tile (column c of the tile: 8 n + 2 t + e) into its stats.
+// Every lane of the warp calls it (shuffles inside).
+template <class C>
+__device__ __forceinline__ void mma_row_update(RowStats& st, const float (&acc)[C::BN / 8][4], int h, float scale2,
+                                               int64_t c0, int64_t N, int64_t grow, int64_t ylab,
+                                               const int64_t* clab, bool variant_in) {
+  const float NEG_INF = __int_as_float(0xff800000u);
+  const int t = threadIdx.x & 3;
+  float v[C::BN / 4];  // dot, or -inf off the contrast set
+  bool same[C::BN / 4];
+  float tmax = NEG_INF, pmax = NEG_INF;
+#pragma unroll
+  for (int n = 0; n < C::BN / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = n * 8 + 2 * t + e;
+      const int64_t gc = c0 + c;
+      const bool ok = gc < N && gc != grow;  // a column of z, not the anchor itself
+      v[2 * n + e] = ok ? acc[n][2 * h + e] : NEG_INF;
+      same[2 * n + e] = ok && clab[c] == ylab;
+      tmax = fmaxf(tmax, v[2 * n + e]);
+      if (same[2 * n + e]) pmax = fmaxf(pmax, v[2 * n + e]);
+    }
+  tmax = quad_max(tmax);
+  pmax = variant_in ? quad_max(pmax) : pmax;
+  const float mn = fmaxf(st.m, tmax);
+  if (mn != NEG_INF) {  // the same in the 4 lanes of the row
+    const float mn2 = mn * scale2;
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < C::BN / 4; ++k) sum += ptx::ex2(v[k] * scale2 - mn2);  // exp2(-inf) = 0
+    st.l = st.l * ptx::ex2(st.m * scale2 - mn2) + sum;
+    st.m = mn;
+  }
+#pragma unroll
+  for (int k = 0; k < C::BN / 4; ++k) st.np += same[k] ? 1 : 0;
+  if (!variant_in) {
+#pragma unroll
+    for (int k = 0; k < C::BN / 4; ++k) st.ps += same[k] ? v[k] : 0.f;
+  } else {
+    const float pmn = fmaxf(st.pm, pmax);
+    if (pmn != NEG_INF) {
+      const float pmn2 = pmn * scale2;
+      float psum = 0.f;
+#pragma unroll
+      for (int k = 0; k < C::BN / 4; ++k) psum += same[k] ? ptx::ex2(v[k] * scale2 - pmn2) : 0.f;
+      st.pl = st.pl * ptx::ex2(st.pm * scale2 - pmn2) + psum;
+      st.pm = pmn;
+    }
+  }
+}
+
+template <class C>
+struct MmaFwdParams {
+  const uint16_t* z;
+  const int64_t* labels;
+  int64_t N, D, offset, M;
+  int64_t tiles_per_split;
+  float inv_t;
+  bool variant_in;
+  bool vec;
+  FwdPartial<typename C::E>* ws;  // [splits, M]
+};
+
+template <class C>
+__global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParams<C> p) {
+  constexpr int BM = C::BM, BN = C::BN;
+  SUPCON_DYNAMIC_SHARED(unsigned char, smem);
+  uint16_t* Zr = reinterpret_cast<uint16_t*>(smem + C::zr);
+  int64_t* rlab = reinterpret_cast<int64_t*>(smem + C::lab);  // [BM]
+  // stage k's column tile and labels ([BN] each), by address arithmetic (an array of the two
+  // pointers indexed by the runtime stage would live in local memory)
+  auto zc = [&](int k) { return reinterpret_cast<uint16_t*>(smem + C::zc0 + k * C::kZc); };
+  auto clab = [&](int k) { return rlab + BM + k * BN; };
+
+  const float NEG_INF = __int_as_float(0xff800000u);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t r0 = (int64_t)blockIdx.x * BM;  // anchor-local first row
+  const int rows_valid = (int)min((int64_t)BM, p.M - r0);
+  const int64_t nct = (p.N + BN - 1) / BN;
+  const int64_t ct_begin = (int64_t)blockIdx.y * p.tiles_per_split;
+  const int64_t ct_end = min(nct, ct_begin + p.tiles_per_split);
+  const float scale2 = p.inv_t * 1.44269504088896341f;  // 1/T and log2(e) in one factor
+
+  auto load_cols = [&](int stage, int64_t ct) {
+    const int64_t c0 = ct * BN;
+    const int cols_valid = (int)min((int64_t)BN, p.N - c0);
+    mma_load_rows<C, BN>(zc(stage), p.z, p.D, c0, cols_valid, p.vec);
+    int64_t* lab = clab(stage);
+    for (int c = tid; c < BN; c += C::NT) lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
+  };
+
+  for (int r = tid; r < BM; r += C::NT) rlab[r] = r < rows_valid ? p.labels[p.offset + r0 + r] : 0;
+  mma_load_rows<C, BM>(Zr, p.z, p.D, p.offset + r0, rows_valid, p.vec);
+  if (ct_begin < ct_end) load_cols(0, ct_begin);
+  ptx::cp_async_commit();
+  __syncthreads();  // rlab
+
+  // This lane's two rows: warp's row g and g + 8 (g = lane / 4), block-local.
+  const int rl[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
+  const int64_t grow[2] = {p.offset + r0 + rl[0], p.offset + r0 + rl[1]};
+  const int64_t ylab[2] = {rlab[rl[0]], rlab[rl[1]]};
+  RowStats st[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) st[h] = RowStats{NEG_INF, 0.f, NEG_INF, 0.f, 0.f, 0};
+
+  int stage = 0;
+  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+    if (ct + 1 < ct_end) load_cols(stage ^ 1, ct + 1);  // the next tile, while this one is computed
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();  // all but the newest group: this tile (and the anchor tile) landed
+    __syncthreads();
+    float acc[BN / 8][4];
+    mma_s_tile<C>(acc, Zr, zc(stage));
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      mma_row_update<C>(st[h], acc, h, scale2, ct * BN, p.N, grow[h], ylab[h], clab(stage), p.variant_in);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+    stage ^= 1;
+  }
+  ptx::cp_async_wait<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float l = quad_sum(st[h].l), pl = quad_sum(st[h].pl), ps = quad_sum(st[h].ps);
+    const int np = quad_sum(st[h].np);
+    if ((lane & 3) == 0 && rl[h] < rows_valid) {
+      FwdPartial<typename C::E>& w = p.ws[(int64_t)blockIdx.y * p.M + r0 + rl[h]];
+      w.m = st[h].m * p.inv_t;  // natural units, rounded as the reference rounds s = dot / T
+      w.l = l;
+      w.pm = st[h].pm * p.inv_t;
+      w.pl = pl;
+      w.ps = ps * p.inv_t;
+      w.npos = np;
+    }
+  }
+}
+
+}  // namespace SUPCON_CUDA_NS
+}  // namespace supcon_fast

@@ -60,24 +60,70 @@ def supcon_loss_reference(features, labels=None, mask=None, *, temperature=0.07,
     return (temperature / base_temperature) * per_anchor.sum() / valid.sum().clamp(min=1)
 
 
-def supcon_per_anchor_reference(z, labels, offset, num_anchors, *, temperature=0.07, variant="out"):
+DENOMINATORS = ("all", "one_positive", "only_negatives")
+
+
+def supcon_per_anchor_reference(z, labels, offset, num_anchors, *, temperature=0.07, variant="out",
+                                denominator="all", positives_cap=-1, n_views=1):
     """Per-anchor terms of the anchor block ``z[offset : offset + M]`` against all of ``z``, materialized.
 
-    z: [N, dim]; labels: [N] integer. Returns (L [M], npos [M]); L_i = 0 where anchor i has no positive.
-    The [M, N] block is what one rank of a multi-GPU job materializes; the fused op computes the same.
+    z: [N, dim] view-major (row v * bsz + b is view v of sample b, bsz = N / n_views); labels: [N]
+    integer. Returns (L [M], npos [M]); L_i = 0 where anchor i has no positive. The [M, N] block is what
+    one rank of a multi-GPU job materializes; the fused op computes the same.
+
+    The options of the official implementation (google-research supcon/losses.py), same semantics:
+    ``denominator``: which columns enter anchor i's denominator besides its negatives (other classes):
+    'all' its positives too (every j != i when nothing is capped); 'one_positive' for each positive
+    p only exp(s_ip) itself (a denominator per (i, p)); 'only_negatives' none. ``positives_cap`` >= 0
+    (a multiple of n_views): besides the other views of i's own sample, only the first
+    ``positives_cap // n_views`` other samples of i's class in batch order are positives, with all
+    their views; the same-class samples past the cap are neither positives nor negatives.
     """
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator: expected one of {DENOMINATORS}, got {denominator!r}")
+    if positives_cap >= 0 and positives_cap % n_views:
+        raise ValueError(f"positives_cap: must be -1 (no cap) or a multiple of n_views = {n_views} (a sample's "
+                         f"views are kept together), got {positives_cap}")
     n = z.shape[0]
+    bsz = n // n_views
     rows = torch.arange(offset, offset + num_anchors, device=z.device)
+    cols = torch.arange(n, device=z.device)
     logits = z[offset:offset + num_anchors] @ z.T / temperature                  # [M, N]
-    is_self = rows[:, None] == torch.arange(n, device=z.device)[None, :]
-    pos = (labels[rows][:, None] == labels[None, :]) & ~is_self
-    lse = torch.logsumexp(logits.masked_fill(is_self, float("-inf")), dim=1)
+    is_self = rows[:, None] == cols[None, :]
+    same = labels[rows][:, None] == labels[None, :]
+    negatives = ~same
+    pos = same & ~is_self
+    if positives_cap >= 0:
+        pos &= _within_cap(labels[:bsz], rows % bsz, cols % bsz, positives_cap // n_views)
     npos = pos.sum(1)
     valid = npos > 0
     safe = torch.where(valid, npos, torch.ones_like(npos)).to(logits.dtype)
-    if variant == "out":
-        pos_term = (logits * pos).sum(1) / safe
+    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=z.device)
+    neg_lse = torch.logsumexp(torch.where(negatives, logits, neg_inf), dim=1)   # [M]; -inf: no negatives
+    if denominator == "all":
+        log_den = torch.logsumexp(torch.where(negatives | pos, logits, neg_inf), dim=1)[:, None].expand_as(logits)
+    elif denominator == "one_positive":
+        log_den = torch.logaddexp(logits, neg_lse[:, None])                       # per (i, p)
     else:
-        pos_logits = torch.where(pos | ~valid[:, None], logits, float("-inf"))  # no positive: stays finite
-        pos_term = torch.logsumexp(pos_logits, dim=1) - torch.log(safe)
-    return torch.where(valid, lse - pos_term, torch.zeros_like(lse)), npos
+        log_den = neg_lse[:, None].expand_as(logits)
+    log_prob = logits - log_den                                                    # [M, N], used on positives
+    if variant == "out":
+        pos_term = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1) / safe
+        per_anchor = -pos_term
+    else:
+        kept = torch.where(pos | ~valid[:, None], log_prob, neg_inf)               # no positive: stays finite
+        per_anchor = -(torch.logsumexp(kept, dim=1) - torch.log(safe))
+    return torch.where(valid, per_anchor, torch.zeros_like(per_anchor)), npos
+
+
+def _within_cap(sample_labels, anchor_samples, col_samples, k):
+    """[M, N] bool: column sample is anchor sample's own, or one of the first ``k`` other samples of
+    its class in batch order, found from each sample's rank within its class."""
+    bsz = sample_labels.shape[0]
+    order = torch.arange(bsz, device=sample_labels.device)
+    same = sample_labels[:, None] == sample_labels[None, :]
+    rank = (same & (order[None, :] < order[:, None])).sum(1)                      # earlier samples of its class
+    own = anchor_samples[:, None] == col_samples[None, :]
+    # the anchor's own sample takes no slot when it comes before; it does not count against the cap
+    slots_taken = rank[col_samples][None, :] - (rank[anchor_samples][:, None] < rank[col_samples][None, :]).long()
+    return own | (slots_taken < k)

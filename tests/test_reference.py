@@ -72,3 +72,61 @@ def test_anchor_block_form_matches_reference(mode, variant):
     part, _ = supcon_per_anchor_reference(z, y.repeat(3), 5, 9, temperature=0.3, variant=variant)
     full, _ = supcon_per_anchor_reference(z, y.repeat(3), 0, z.shape[0], temperature=0.3, variant=variant)
     assert torch.allclose(part, full[5:14], rtol=1e-12)
+
+
+# The official implementation's published test values (google-research supcon/losses_test.py,
+# testLossForSummationLocationsAndDenominatorModes): per sample, the mean over its two views, T = 1.
+OFFICIAL_FEATURES = [[[0.01, 0.02, 0.14], [0.38, 0.61, 0.50]],
+                     [[0.86, 0.97, 0.33], [0.26, 0.68, 0.45]],
+                     [[0.32, 0.64, 0.28], [0.45, 0.74, 0.73]]]
+OFFICIAL_CASES = [
+    ("out", "all", -1, [1.6755852, 1.7973773, 1.58471], (0, 0, 1)),
+    ("out", "one_positive", -1, [1.1782627, 1.3435497, 1.58471], (0, 0, 1)),
+    ("out", "only_negatives", -1, [0.79652834, 1.0154991, 1.3529458], (0, 0, 1)),
+    ("out", "all", 4, [1.6755852, 1.7973773, 1.58471], (0, 0, 1)),
+    ("out", "all", 2, [1.1385298, 1.1824025, 1.1557417], (0, 0, 0)),
+    ("out", "all", 0, [1.3769293, 1.0785717, 1.58471], (0, 0, 1)),
+    ("in", "all", -1, [1.6356678, 1.7135872, 1.58471], (0, 0, 1)),
+    ("in", "one_positive", -1, [1.1571673, 1.2941568, 1.58471], (0, 0, 1)),
+    ("in", "only_negatives", -1, [0.756611, 0.93170905, 1.3529458], (0, 0, 1)),
+    ("in", "all", 4, [1.6356678, 1.7135872, 1.58471], (0, 0, 1)),
+    ("in", "all", 2, [1.0986123, 1.0986123, 1.0986123], (0, 0, 0)),
+    ("in", "all", 0, [1.3769293, 1.0785717, 1.58471], (0, 0, 1)),
+]
+
+
+@pytest.mark.parametrize("variant,denominator,cap,expected,labels", OFFICIAL_CASES,
+                         ids=[f"{c[0]}-{c[1]}-cap{c[2]}" for c in OFFICIAL_CASES])
+def test_official_denominator_modes_and_cap(variant, denominator, cap, expected, labels):
+    z = flatten_views(torch.tensor(OFFICIAL_FEATURES, dtype=torch.float64))
+    y = torch.tensor(labels).repeat(2)                       # view-major rows: the labels of each view
+    per_anchor, _ = supcon_per_anchor_reference(z, y, 0, 6, temperature=1.0, variant=variant,
+                                                denominator=denominator, positives_cap=cap, n_views=2)
+    per_sample = per_anchor.view(2, 3).mean(0)
+    torch.testing.assert_close(per_sample, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+def test_default_options_are_todays_loss():
+    f, y = sample_inputs(9, 3, 4, seed=2, requires_grad=False)
+    z = flatten_views(f)
+    for variant in ("out", "in"):
+        a, npos = supcon_per_anchor_reference(z, y.repeat(3), 0, 27, temperature=0.2, variant=variant)
+        b, _ = supcon_per_anchor_reference(z, y.repeat(3), 0, 27, temperature=0.2, variant=variant,
+                                           denominator="all", positives_cap=-1, n_views=3)
+        assert torch.equal(a, b)
+        loss = supcon_loss_reference(f, y, temperature=0.2, variant=variant)
+        torch.testing.assert_close(a[npos > 0].mean(), loss)
+
+
+def test_cap_keeps_the_first_samples_of_the_class_in_batch_order():
+    """Anchor sample 2 of class 0 among samples 0, 2, 3, 5 of class 0: cap 1 sample -> sample 0 (the
+    first other one), cap 2 -> 0 and 3; its own other view is always a positive."""
+    y = torch.tensor([0, 1, 0, 0, 1, 0])
+    z = flatten_views(torch.randn(6, 2, 4, dtype=torch.float64))
+    for cap, kept in ((2, {0}), (4, {0, 3}), (0, set())):
+        _, npos = supcon_per_anchor_reference(z, y.repeat(2), 2, 1, temperature=1.0, positives_cap=cap, n_views=2)
+        assert int(npos[0]) == 1 + 2 * len(kept)              # own other view + 2 views per kept sample
+    with pytest.raises(ValueError, match="positives_cap"):
+        supcon_per_anchor_reference(z, y.repeat(2), 0, 12, positives_cap=3, n_views=2)
+    with pytest.raises(ValueError, match="denominator"):
+        supcon_per_anchor_reference(z, y.repeat(2), 0, 12, denominator="some")

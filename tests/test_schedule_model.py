@@ -8,7 +8,7 @@ from supcon_fast import ops, schedule_model
 pytestmark = pytest.mark.skipif(not ops.available(), reason="supcon_fast._C not built")
 
 
-@pytest.mark.parametrize("dtype,bm", [(torch.bfloat16, 128), (torch.float32, 64)])
+@pytest.mark.parametrize("dtype,bm", [(torch.bfloat16, 64), (torch.float32, 64)])   # D = 128: the mma.sync backward
 @pytest.mark.parametrize("n,m,offset", [(65536, 65536, 0), (65536, 8192, 57344), (40000, 5000, 10000),
                                         (1000, 100, 700), (300, 300, 0)])
 def test_backward_plan_covers_every_tile_once(n, m, offset, dtype, bm):
@@ -45,8 +45,8 @@ def test_modelled_tail_at_65536_meets_the_target():
         (k, m) for k in ("fwd", "bwd") for m in (65536, 8192, 1024)}
     for r in result["summary"]:
         assert r["worst_tail"] <= 1.1, r
-    bwd8 = next(r for r in result["summary"] if (r["kernel"], r["m"]) == ("bwd", 8192))
-    assert bwd8["worst_baseline_tail"] > 1.4  # one block per row block, in row order: the last rank waited
+    bwd1k = next(r for r in result["summary"] if (r["kernel"], r["m"]) == ("bwd", 1024))
+    assert bwd1k["worst_baseline_tail"] > 1.4  # one block per row block, in row order: the last rank waited
 
 
 def test_bad_arguments():

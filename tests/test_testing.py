@@ -28,17 +28,17 @@ def test_launches_record_every_kernel_with_grid_block_and_shared_memory():
         fwd_bwd(z, labels)
     assert [r["kernel"] for r in emu.launches] == [
         "supcon_fwd_mma_kernel<bf16, DP=64>", "supcon_fwd_finalize_kernel<bf16, BK=128>",
-        "supcon_bwd_tile_kernel<bf16, BK=128>"]
+        "supcon_bwd_mma_kernel<bf16, DP=64>"]
     fwd, fin, bwd = emu.launches
     # 64-row blocks; the 4 column tiles of 64 split over the grid's y to fill an H200's 132 SMs
     assert fwd["grid"] == (4, 4, 1) and fwd["block"] == (128, 1, 1)
     assert fin["grid"] == (1, 1, 1) and fin["block"] == (256, 1, 1) and fin["smem_bytes"] == 0
-    # backward: a 1-D grid of (row block, column part) items, here both row blocks cut in 4
-    assert bwd["grid"] == (8, 1, 1) and bwd["block"] == (256, 1, 1)
+    # backward: a 1-D grid of (row block, column part) items, here the 4 row blocks of 64 cut in 4
+    assert bwd["grid"] == (16, 1, 1) and bwd["block"] == (128, 1, 1)
     # forward: the anchor tile, two column-tile stages (64 rows x (64 + 8) halves each) + labels;
-    # backward: Zr, Zc, S and H tiles, labels and per-row statistics
+    # backward: the same three tiles + two stages of the columns' statistics (g, lse, aux, label)
     assert fwd["smem_bytes"] == 3 * 9216 + 1536
-    assert bwd["smem_bytes"] == 34816 + 17408 + 34816 + 18432 + 1536 + 2304
+    assert bwd["smem_bytes"] == 3 * 9216 + 2 * 1280
     z32, _ = problem(200, torch.float32)
     with cuda_emulation() as emu32:
         ops.supcon_fwd(z32, labels, 0, 200, 0.1, True)
@@ -61,17 +61,19 @@ def test_arch_sets_the_sm_count_the_planning_sees():
     assert emu.launches[0]["grid"] == (32, 1, 1) and emu.sm_count == 4
 
 
-@pytest.mark.parametrize("dtype,bwd_kernel,bwd_smem", [
-    (torch.bfloat16, "supcon_bwd_tile_kernel<bf16, BK=64>", 84736),
-    (torch.float16, "supcon_bwd_tile_kernel<fp16, BK=64>", 84736),
-    (torch.float64, "supcon_bwd_tile_kernel<fp64, BK=16>", 88064),
-    (torch.float32, "supcon_bwd_tile_kernel<fp32, BK=64>", 69120),
+@pytest.mark.parametrize("dtype,d,bwd_kernel,bwd_smem", [
+    (torch.bfloat16, 160, "supcon_bwd_tile_kernel<bf16, BK=64>", 84736),
+    (torch.float16, 160, "supcon_bwd_tile_kernel<fp16, BK=64>", 84736),
+    (torch.bfloat16, 100, "supcon_bwd_mma_kernel<bf16, DP=128>", 3 * 17408 + 2 * 1280),
+    (torch.float64, 32, "supcon_bwd_tile_kernel<fp64, BK=16>", 88064),
+    (torch.float32, 32, "supcon_bwd_tile_kernel<fp32, BK=64>", 69120),
 ])
-def test_99kb_parts_take_the_compact_backward(dtype, bwd_kernel, bwd_smem):
+def test_99kb_parts_take_the_compact_backward(dtype, d, bwd_kernel, bwd_smem):
     """sm_86 / sm_89 / sm_120 allow 99 KB (101,376 B) of shared memory per block; the tensor-core
-    backward's default layout needs 109,312 B and fp64's 104,448 B, so there the host takes the
-    configuration with the smaller D chunk; on sm_90 the default."""
-    z, labels = problem(100, dtype)
+    tile backward's default layout needs 109,312 B and fp64's 104,448 B, so there the host takes the
+    configuration with the smaller D chunk; on sm_90 the default. The mma.sync backward (fp16 / bf16,
+    D <= 128) fits every arch."""
+    z, labels = problem(100, dtype, d=d)
     for arch in ("sm_86", "sm_89", "sm_120"):
         with cuda_emulation(arch=arch) as emu:
             loss, grad = fwd_bwd(z, labels)
@@ -80,7 +82,8 @@ def test_99kb_parts_take_the_compact_backward(dtype, bwd_kernel, bwd_smem):
         assert (bwd["kernel"], bwd["smem_bytes"]) == (bwd_kernel, bwd_smem) and bwd_smem <= 101376
     with cuda_emulation(arch="sm_90") as emu:
         fwd_bwd(z, labels)
-    assert emu.launches[-1]["kernel"].endswith({torch.float64: "BK=32>", torch.float32: "BK=64>"}.get(dtype, "BK=128>"))
+    expected = {torch.float64: "BK=32>", torch.float32: "BK=64>"}.get(dtype, "BK=128>" if d > 128 else "DP=128>")
+    assert emu.launches[-1]["kernel"].endswith(expected)
 
 
 def test_results_do_not_depend_on_schedule_poison_or_arch():

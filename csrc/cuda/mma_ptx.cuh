@@ -7,10 +7,13 @@
 //   cp_async_16(dst, src, pred) cp.async.cg.shared.global, 16 bytes (zeros when !pred)
 //   cp_async_commit(), cp_async_wait<N>()  commit_group / wait_group N
 //   ex2(x)                     ex2.approx.ftz.f32: 2^x on the MUFU unit (2 ulp; the emulation: exp2f)
+//   pack2<T>(lo, hi)           two floats rounded to T (fp16 / bf16, round to nearest even) in one
+//                              32-bit register, lo in the low half: an A / B fragment register
 // sm_80 and newer. The layouts are spelled out in emu_mma.h.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_compat.cuh"
@@ -48,6 +51,14 @@ inline void cp_async_wait() {
   supcon_emu::async_wait(N);
 }
 inline float ex2(float x) { return std::exp2(x); }
+template <typename T>
+inline uint32_t pack2(float lo, float hi) {
+  const T a(lo), b(hi);
+  uint16_t la, lb;
+  std::memcpy(&la, &a, 2);
+  std::memcpy(&lb, &b, 2);
+  return static_cast<uint32_t>(la) | (static_cast<uint32_t>(lb) << 16);
+}
 
 #else
 
@@ -95,6 +106,16 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo: the low half
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
 }
 __device__ __forceinline__ float ex2(float x) {
   float y;

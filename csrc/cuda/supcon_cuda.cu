@@ -1,9 +1,9 @@
 // CUDA implementation of supcon_fast::supcon_fwd / supcon_bwd (schemas in csrc/ops.cpp, contract
 // in csrc/supcon.h and docs/design.md). Kernels: supcon_kernels.cuh.
 //
-// dtypes: fp16 / bf16 run on tensor cores (fp32 accumulation, fp32 statistics): the forward with
-// mma.sync on register-resident S tiles for D <= 256 (supcon_mma_fwd.cuh), else with WMMA like the
-// backward; fp32 runs the FFMA engine (true fp32 products and sums: no TF32, so it keeps fp32
+// dtypes: fp16 / bf16 run on tensor cores (fp32 accumulation, fp32 statistics): with mma.sync on
+// register-resident S (and H) tiles for D <= 256 in the forward (supcon_mma_fwd.cuh) and D <= 128 in
+// the backward (supcon_mma_bwd.cuh), else with WMMA tile engines; fp32 runs the FFMA engine (true fp32 products and sums: no TF32, so it keeps fp32
 // accuracy); fp64 runs the same FFMA engine in fp64 (slow, for checking).
 //
 // This host code is compiled twice: by nvcc for the device (registered for the CUDA dispatch key
@@ -24,6 +24,7 @@
 #include "../supcon.h"
 #include "device_api.cuh"
 #include "supcon_kernels.cuh"
+#include "supcon_mma_bwd.cuh"
 #include "supcon_mma_fwd.cuh"
 
 namespace supcon_fast {
@@ -149,14 +150,23 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
   });
 }
 
-// Calls fn(E()) with the backward's tile configuration for a device with `optin` bytes of shared
-// memory per block: the default where it fits, else the compact one.
+template <class C> struct IsMmaBwd : std::false_type {};
+template <typename T, int DP> struct IsMmaBwd<MmaBwd<T, DP>> : std::true_type {};
+
+// Calls fn(C()) with the backward's configuration for D on a device with `optin` bytes of shared
+// memory per block: for fp16 / bf16 with D <= 128 the mma.sync kernel, else the tile engine, its
+// default where it fits and the compact one (a smaller D chunk) on 99 KB parts.
 template <typename scalar_t, class Fn>
-void with_bwd_engine(int optin, Fn&& fn) {
+void with_bwd_config(int64_t D, int optin, Fn&& fn) {
   using E = typename EngineFor<scalar_t>::type;
-  using C = typename EngineFor<scalar_t>::compact;
+  using Cmp = typename EngineFor<scalar_t>::compact;
+  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    using T = typename E::in_t;
+    if (D <= 64 && MmaBwd<T, 64>::bytes <= optin) return fn(MmaBwd<T, 64>());
+    if (D <= 128 && MmaBwd<T, 128>::bytes <= optin) return fn(MmaBwd<T, 128>());
+  }
   if (SmemLayout<E>::bwd_bytes <= optin) fn(E());
-  else fn(C());  // 99 KB parts; set_smem reports a device with even less
+  else fn(Cmp());  // 99 KB parts; set_smem reports a device with even less
 }
 
 struct BwdInputs {
@@ -166,41 +176,62 @@ struct BwdInputs {
   bool variant_in;
 };
 
-template <class E>
+// Launches the backward kernel of configuration C over the plan's blocks, writing grad rows or partials.
+template <class C>
+void launch_bwd_kernel(const BwdInputs& in, const plan::BwdPlan& bp, at::Tensor& heavy, at::Tensor& light,
+                       at::Tensor& grad) {
+  using st_t = typename C::st_t;
+  const dim3 grid(static_cast<unsigned>(bp.blocks));
+  if constexpr (IsMmaBwd<C>::value) {
+    MmaBwdParams<C> p{reinterpret_cast<const uint16_t*>(in.z.data_ptr()), in.labels.data_ptr<int64_t>(),
+                      in.z.size(0), in.z.size(1), in.offset, in.M, bp, static_cast<float>(in.inv_t), in.variant_in,
+                      vec_ok(in.z), in.g.data_ptr<float>(), in.lse.data_ptr<float>(), in.aux.data_ptr<float>(),
+                      in.gmax.data_ptr<float>(), heavy.defined() ? heavy.data_ptr<float>() : nullptr,
+                      light.defined() ? light.data_ptr<float>() : nullptr,
+                      reinterpret_cast<typename C::in_t*>(grad.data_ptr())};
+    set_smem(supcon_bwd_mma_kernel<C>, C::bytes, "supcon_bwd");
+    launch(supcon_bwd_mma_kernel<C>, std::string("supcon_bwd_mma_kernel<") + C::kName + ", DP=" + std::to_string(C::DP) + ">",
+           grid, dim3(C::NT), C::bytes, C::NT, p);
+  } else {
+    using E = C;
+    BwdParams<E> p;
+    p.z = reinterpret_cast<const typename E::raw_t*>(in.z.data_ptr());
+    p.labels = in.labels.data_ptr<int64_t>();
+    p.N = in.z.size(0);
+    p.D = in.z.size(1);
+    p.offset = in.offset;
+    p.M = in.M;
+    p.plan = bp;
+    p.inv_t = static_cast<st_t>(in.inv_t);
+    p.variant_in = in.variant_in;
+    p.vec = vec_ok(in.z);
+    p.g = in.g.data_ptr<st_t>();
+    p.lse = in.lse.data_ptr<st_t>();
+    p.aux = in.aux.data_ptr<st_t>();
+    p.gmax = in.gmax.data_ptr<float>();
+    p.partial_heavy = heavy.defined() ? heavy.data_ptr<st_t>() : nullptr;
+    p.partial_light = light.defined() ? light.data_ptr<st_t>() : nullptr;
+    p.grad_out = reinterpret_cast<typename E::in_t*>(grad.data_ptr());
+    constexpr int smem = SmemLayout<E>::bwd_bytes;
+    set_smem(supcon_bwd_tile_kernel<E>, smem, "supcon_bwd");
+    launch(supcon_bwd_tile_kernel<E>, kernel_name<E>("supcon_bwd_tile_kernel"), grid, dim3(E::NT), smem, E::NT, p);
+  }
+}
+
+template <class C>
 void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
-  using st_t = typename E::st_t;
+  using st_t = typename C::st_t;
   const int64_t N = in.z.size(0), D = in.z.size(1);
-  const plan::BwdPlan bp = plan::plan_bwd(N, in.M, in.offset, D, E::BM, E::BN, sm_count(), sizeof(st_t));
+  const plan::BwdPlan bp = plan::plan_bwd(N, in.M, in.offset, D, C::BM, C::BN, sm_count(), sizeof(st_t));
   TORCH_CHECK(bp.blocks <= INT32_MAX, "supcon_bwd (", kBackend, "): too many rows: ", N);
   const auto st_opts = in.z.options().dtype(in.g.scalar_type());
   at::Tensor heavy, light;
-  if (bp.heavy_parts > 1) heavy = empty_output({bp.heavy_parts * bp.heavy_count * E::BM, D}, st_opts);
-  if (bp.light_parts > 1) light = empty_output({bp.light_parts * bp.light_count * E::BM, D}, st_opts);
-  BwdParams<E> p;
-  p.z = reinterpret_cast<const typename E::raw_t*>(in.z.data_ptr());
-  p.labels = in.labels.data_ptr<int64_t>();
-  p.N = N;
-  p.D = D;
-  p.offset = in.offset;
-  p.M = in.M;
-  p.plan = bp;
-  p.inv_t = static_cast<st_t>(in.inv_t);
-  p.variant_in = in.variant_in;
-  p.vec = vec_ok(in.z);
-  p.g = in.g.data_ptr<st_t>();
-  p.lse = in.lse.data_ptr<st_t>();
-  p.aux = in.aux.data_ptr<st_t>();
-  p.gmax = in.gmax.data_ptr<float>();
-  p.partial_heavy = heavy.defined() ? heavy.data_ptr<st_t>() : nullptr;
-  p.partial_light = light.defined() ? light.data_ptr<st_t>() : nullptr;
-  p.grad_out = reinterpret_cast<typename E::in_t*>(grad.data_ptr());
-  constexpr int smem = SmemLayout<E>::bwd_bytes;
-  set_smem(supcon_bwd_tile_kernel<E>, smem, "supcon_bwd");
-  launch(supcon_bwd_tile_kernel<E>, kernel_name<E>("supcon_bwd_tile_kernel"),
-         dim3(static_cast<unsigned>(bp.blocks)), dim3(E::NT), smem, E::NT, p);
+  if (bp.heavy_parts > 1) heavy = empty_output({bp.heavy_parts * bp.heavy_count * C::BM, D}, st_opts);
+  if (bp.light_parts > 1) light = empty_output({bp.light_parts * bp.light_count * C::BM, D}, st_opts);
+  launch_bwd_kernel<C>(in, bp, heavy, light, grad);
   // Rows of cut blocks get the fixed-order sum of their parts: heavy rows are one range [h0, h1),
   // light rows lie before and after it.
-  const int64_t h0 = bp.heavy_first * E::BM, h1 = std::min(N, (bp.heavy_first + bp.heavy_count) * E::BM);
+  const int64_t h0 = bp.heavy_first * C::BM, h1 = std::min(N, (bp.heavy_first + bp.heavy_count) * C::BM);
   if (heavy.defined()) grad.narrow(0, h0, h1 - h0).copy_(heavy.view({bp.heavy_parts, -1, D}).sum(0).narrow(0, 0, h1 - h0));
   if (light.defined()) {
     const at::Tensor sum = light.view({bp.light_parts, -1, D}).sum(0);
@@ -263,7 +294,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
   at::Tensor grad = empty_output({N, D}, z.options());
   const BwdInputs in{z, labels, g, lse, aux, gmax, offset, M, 1.0 / temperature, variant_in};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_bwd_cuda", [&] {
-    with_bwd_engine<scalar_t>(smem_optin(), [&](auto engine) { launch_bwd<decltype(engine)>(in, grad); });
+    with_bwd_config<scalar_t>(D, smem_optin(), [&](auto config) { launch_bwd<decltype(config)>(in, grad); });
   });
   return grad;
 }
@@ -296,9 +327,9 @@ at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t 
       });
       return;
     }
-    with_bwd_engine<scalar_t>(a.smem_optin, [&](auto engine) {
-      using E = decltype(engine);
-      const plan::BwdPlan bp = plan::plan_bwd(N, M, offset, D, E::BM, E::BN, a.sms, sizeof(typename E::st_t));
+    with_bwd_config<scalar_t>(D, a.smem_optin, [&](auto config) {
+      using C = decltype(config);
+      const plan::BwdPlan bp = plan::plan_bwd(N, M, offset, D, C::BM, C::BN, a.sms, sizeof(typename C::st_t));
       for (int64_t b = 0; b < bp.blocks; ++b) {
         const plan::BwdItem it = plan::bwd_item(bp, b);
         rows.insert(rows.end(), {it.row_block, it.tile_end - it.tile_begin, it.heavy ? 1 : 0});

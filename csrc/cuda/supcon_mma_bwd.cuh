@@ -1,0 +1,211 @@
+// The fp16 / bf16 backward in the FlashAttention-2 manner (used by supcon_cuda.cu for D <= 128):
+// the same work as supcon_bwd_tile_kernel (supcon_kernels.cuh: rows, columns, H and the plan of
+// supcon_plan.cuh), with S and H never in shared memory:
+//   - S = Z_rows . Z_cols^T with mma.sync m16n8k16 on ldmatrix fragments (mma_s_tile, as the
+//     forward): each warp owns 16 rows and the whole 64-column tile;
+//   - H from the S accumulator fragments in registers, converted in place into the A operand of the
+//     second mma (an m16n8 accumulator pair is exactly an m16k16 A fragment), out += H . Z_cols with
+//     the column tile read through ldmatrix.trans; the output rows [16 x D] stay in registers;
+//   - column tiles and their per-anchor statistics double-buffered with cp.async.
+// exp(s - lse) is ex2((s - lse) log2(e)): s - lse is formed first, so an anchor whose only term is
+// its own maximum gets exactly 1 (and its gradient exactly 0), as in the reference.
+#pragma once
+
+#include <cstdint>
+
+#include "mma_ptx.cuh"
+#include "supcon_mma_fwd.cuh"
+
+namespace supcon_fast {
+namespace SUPCON_CUDA_NS {
+
+template <typename T, int DP_>
+struct MmaBwd {
+  using in_t = T;
+  using st_t = float;
+  static constexpr const char* kName = TcEngine<T>::kName;
+  static constexpr int BM = 64, BN = 64, NT = 128, DP = DP_;
+  static constexpr int KSTEPS = DP / 16;
+  static constexpr int LDZ = DP + 8;  // halves, as the forward: 16-byte rows, conflict-free ldmatrix
+  static_assert(DP == 64 || DP == 128, "the output rows [16 x DP] live in registers: D <= 128");
+  // shared memory, bytes: row tile, two column-tile stages, two stages of column statistics
+  // (g, lse, aux as floats, then the labels)
+  static constexpr int kZr = align128(BM * LDZ * 2), kZc = align128(BN * LDZ * 2);
+  static constexpr int kStat = align128(BN * (3 * (int)sizeof(float) + (int)sizeof(int64_t)));
+  static constexpr int zr = 0, zc0 = kZr, stat0 = kZr + 2 * kZc;
+  static constexpr int bytes = stat0 + 2 * kStat;
+};
+
+template <class C>
+struct MmaBwdParams {
+  const uint16_t* z;
+  const int64_t* labels;
+  int64_t N, D, offset, M;
+  plan::BwdPlan plan;  // gridDim.x == plan.blocks
+  float inv_t;
+  bool variant_in;
+  bool vec;
+  const float* g;
+  const float* lse;
+  const float* aux;
+  const float* gmax;
+  float* partial_heavy;
+  float* partial_light;
+  typename C::in_t* grad_out;
+};
+
+// One anchor's share of H_rc: g (exp(s - lse) - [same] ('in': exp(s - aux) | 'out': aux)).
+__device__ __forceinline__ float h_term(float s, float g, float lse, float aux, bool same, bool variant_in) {
+  constexpr float LOG2E = 1.44269504088896341f;
+  float t = ptx::ex2((s - lse) * LOG2E);
+  if (same) t -= variant_in ? ptx::ex2((s - aux) * LOG2E) : aux;
+  return g * t;
+}
+
+template <class C>
+__global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParams<C> p) {
+  using T = typename C::in_t;
+  constexpr int BM = C::BM, BN = C::BN, NO = C::DP / 8;
+  SUPCON_DYNAMIC_SHARED(unsigned char, smem);
+  uint16_t* Zr = reinterpret_cast<uint16_t*>(smem + C::zr);
+  auto zc = [&](int k) { return reinterpret_cast<uint16_t*>(smem + C::zc0 + k * C::kZc); };
+  auto cstat = [&](int k) { return reinterpret_cast<float*>(smem + C::stat0 + k * C::kStat); };  // g, lse, aux
+  auto clab = [&](int k) { return reinterpret_cast<int64_t*>(smem + C::stat0 + k * C::kStat + 3 * BN * 4); };
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t4 = lane & 3;
+  const plan::BwdItem item = plan::bwd_item(p.plan, blockIdx.x);
+  const int64_t r0 = item.row_block * BM;
+  const int rows_valid = (int)min((int64_t)BM, p.N - r0);
+  const int64_t a_end = p.offset + p.M;
+  const int64_t col_start = item.heavy ? 0 : p.offset;  // as the tile kernel: light blocks walk anchors only
+  const int64_t ncols = item.heavy ? p.N : p.M;
+  const bool cut = item.heavy ? p.plan.heavy_parts > 1 : p.plan.light_parts > 1;
+  float* const partial = item.heavy ? p.partial_heavy : p.partial_light;
+  const int64_t partial_rows = (item.heavy ? p.plan.heavy_count : p.plan.light_count) * BM;
+  const int64_t partial_base = (item.part * partial_rows + item.partial_row0 * BM) * p.D;
+
+  // H scaled by a power of two into fp16 range (see supcon_bwd_tile_kernel)
+  float hscale = 1.f, unscale = 1.f;
+  {
+    const float gm = *p.gmax;
+    if (gm > 0.f && isfinite(gm)) {
+      int e = 0;
+      frexpf(gm, &e);
+      const int sh = max(-126, min(126, 14 - e));
+      hscale = ldexpf(1.f, sh);
+      unscale = ldexpf(1.f, -sh);
+    }
+  }
+
+  // This lane's two rows (g and g + 8 of the warp's 16) and their statistics, in registers.
+  int rl[2];
+  int64_t gr[2], rlab[2];
+  float rg[2], rlse[2], raux[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    rl[h] = warp * 16 + (lane >> 2) + 8 * h;
+    gr[h] = r0 + rl[h];
+    const bool valid = rl[h] < rows_valid, anchor = valid && gr[h] >= p.offset && gr[h] < a_end;
+    rlab[h] = valid ? p.labels[gr[h]] : 0;
+    rg[h] = anchor ? p.g[gr[h] - p.offset] : 0.f;  // 0: no anchor-side term
+    rlse[h] = anchor ? p.lse[gr[h] - p.offset] : 0.f;
+    raux[h] = anchor ? p.aux[gr[h] - p.offset] : 0.f;
+  }
+
+  auto load_cols = [&](int stage, int64_t ct) {
+    const int64_t c0 = ct * BN;
+    const int cols_valid = (int)min((int64_t)BN, ncols - c0);
+    mma_load_rows<C, BN>(zc(stage), p.z, p.D, col_start + c0, cols_valid, p.vec);
+    float* st = cstat(stage);
+    int64_t* lab = clab(stage);
+    for (int c = tid; c < BN; c += C::NT) {
+      const int64_t gc = col_start + c0 + c;
+      const bool valid = c < cols_valid, anchor = valid && gc >= p.offset && gc < a_end;
+      lab[c] = valid ? p.labels[gc] : 0;
+      st[c] = anchor ? p.g[gc - p.offset] : 0.f;
+      st[BN + c] = anchor ? p.lse[gc - p.offset] : 0.f;
+      st[2 * BN + c] = anchor ? p.aux[gc - p.offset] : 0.f;
+    }
+  };
+
+  mma_load_rows<C, BM>(Zr, p.z, p.D, r0, rows_valid, p.vec);
+  if (item.tile_begin < item.tile_end) load_cols(0, item.tile_begin);
+  ptx::cp_async_commit();
+
+  float o[NO][4];
+#pragma unroll
+  for (int n = 0; n < NO; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[n][i] = 0.f;
+
+  int stage = 0;
+  for (int64_t ct = item.tile_begin; ct < item.tile_end; ++ct) {
+    if (ct + 1 < item.tile_end) load_cols(stage ^ 1, ct + 1);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();
+    __syncthreads();  // this stage's tile and statistics (and the row tile) are in place for every warp
+    float acc[BN / 8][4];
+    mma_s_tile<C>(acc, Zr, zc(stage));
+
+    // H in the accumulator layout: acc[n][i] is row g + 8 (i >> 1), tile column 8 n + 2 t + (i & 1)
+    const int64_t c0 = ct * BN;
+    const int cols_valid = (int)min((int64_t)BN, ncols - c0);
+    const float* cg = cstat(stage);
+    const int64_t* lab = clab(stage);
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int h = i >> 1, c = n * 8 + 2 * t4 + (i & 1);
+        const int64_t gc = col_start + c0 + c;
+        float hv = 0.f;
+        if (c < cols_valid && rl[h] < rows_valid && gr[h] != gc) {
+          const float s = acc[n][i] * p.inv_t;
+          const bool same = lab[c] == rlab[h];
+          if (rg[h] != 0.f) hv += h_term(s, rg[h], rlse[h], raux[h], same, p.variant_in);
+          const float gk = cg[c];
+          if (gk != 0.f) hv += h_term(s, gk, cg[BN + c], cg[2 * BN + c], same, p.variant_in);
+        }
+        acc[n][i] = hv * hscale;
+      }
+
+    // out[16 x DP] += H[16 x 64] . Zc[64 x DP]: k16 block kb of H is the accumulator pair (2 kb, 2 kb + 1)
+    const int j = lane >> 3, r = lane & 7;
+    const uint16_t* Zc = zc(stage);
+#pragma unroll
+    for (int kb = 0; kb < BN / 16; ++kb) {
+      const uint32_t a[4] = {ptx::pack2<T>(acc[2 * kb][0], acc[2 * kb][1]), ptx::pack2<T>(acc[2 * kb][2], acc[2 * kb][3]),
+                             ptx::pack2<T>(acc[2 * kb + 1][0], acc[2 * kb + 1][1]),
+                             ptx::pack2<T>(acc[2 * kb + 1][2], acc[2 * kb + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < C::DP / 16; ++dp) {
+        uint32_t b[4];  // matrices: columns 0-7 / 8-15 of the k block x d 0-7, then x d 8-15 (transposed)
+        ptx::ldmatrix_x4_trans(b, Zc + (kb * 16 + (j & 1) * 8 + r) * C::LDZ + dp * 16 + (j >> 1) * 8);
+        const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+        ptx::mma_16816<T>(o[2 * dp], a, b0, o[2 * dp]);
+        ptx::mma_16816<T>(o[2 * dp + 1], a, b1, o[2 * dp + 1]);
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+    stage ^= 1;
+  }
+  ptx::cp_async_wait<0>();
+
+  // grad rows (or this part's partials): o[n][i] is row g + 8 (i >> 1), column 8 n + 2 t + (i & 1)
+  const float outscale = unscale * p.inv_t;
+#pragma unroll
+  for (int n = 0; n < NO; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = i >> 1;
+      const int64_t d = n * 8 + 2 * t4 + (i & 1);
+      if (rl[h] < rows_valid && d < p.D) {
+        const float v = o[n][i] * outscale;
+        if (cut) partial[partial_base + rl[h] * p.D + d] = v;
+        else store_out(p.grad_out + (r0 + rl[h]) * p.D + d, v);
+      }
+    }
+}
+
+}  // namespace SUPCON_CUDA_NS
+}  // namespace supcon_fast

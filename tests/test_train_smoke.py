@@ -69,6 +69,8 @@ def test_summary_names_the_backend_that_ran(tiny_data, tmp_path, monkeypatch, re
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"]: r["data_backend"] for r in recs if "data_backend" in r} == {"run": backend, "summary": backend}
     assert [r["backend_requested"] for r in recs if r["kind"] == "run"] == [requested]
+    # the commit is read when the run starts (the code it loaded) and repeated in the summary
+    assert recs[0]["commit"] == recs[-1]["commit"] == res["commit"] and recs[0]["commit"]
     if requested == "auto":
         with pytest.raises(ValueError, match="backend.*dali"):
             run(config.resolve(tiny_argv(tiny_data, tmp_path / "dali", backend="dali", max_steps=1)))

@@ -36,6 +36,7 @@ def run_info(cfg: dict, rt: Runtime, loaders: Loaders) -> dict:
     if rt.device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(rt.device)
     info.update(amp=dtype_name(amp or torch.float32), loss_dtype=dtype_name(loss_dtype), **loaders.describe())
+    info["commit"] = git_commit()  # at the start: the code this process loaded, not the checkout's later HEAD
     return info
 
 
@@ -114,7 +115,7 @@ def run(cfg: dict, *, on_step=None) -> dict:
         if cfg["skip_corrupt"]:  # all ranks: the list is gathered
             summary["skipped_files"] = skipped_files(loaders, rt.distributed)
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
-        summary.update(commit=git_commit(), date=utc_now(), torch=torch.__version__)  # where the result came from
+        summary.update(date=utc_now(), torch=torch.__version__)  # where the result came from (commit: run_info)
         if rt.is_main:
             _finish(summary, res, out, logger)
         barrier()

@@ -106,7 +106,20 @@ def augment(x: torch.Tensor, size: int, gen: torch.Generator, policy: str = "sim
     return out
 
 
-class TensorTrainLoader:
+class _EpochPosition:
+    """The epoch and the batch the next iteration starts at: what both in-memory train loaders resume by."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:       # a pending resume position is for its own epoch only
+            self._start = 0
+        self.epoch = epoch
+
+    def skip_batches(self, k: int) -> None:
+        """Begin the current epoch at batch ``k`` (mid-epoch resume)."""
+        self._start = k
+
+
+class TensorTrainLoader(_EpochPosition):
     """Augmented multi-view batches from in-memory images, sharded like DistributedSampler (drop_last).
 
     Global batch g of an epoch is ``perm[g*B*S : (g+1)*B*S]``; shard ``r`` gets its ``r``-th slice of
@@ -129,15 +142,6 @@ class TensorTrainLoader:
 
     def __len__(self) -> int:
         return len(self.labels) // (self.batch_size * self.num_shards)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:       # a pending resume position is for its own epoch only
-            self._start = 0
-        self.epoch = epoch
-
-    def skip_batches(self, k: int) -> None:
-        """Begin the current epoch at batch ``k`` (mid-epoch resume)."""
-        self._start = k
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self._step, "seed": self.seed, "num_shards": self.num_shards}
@@ -185,7 +189,7 @@ class TensorEvalLoader:
             yield _normalize(x).to(self.device), self.labels[idx].to(self.device)
 
 
-class SyntheticLoader:
+class SyntheticLoader(_EpochPosition):
     """Random on-device batches (generated once, replayed): input that costs nothing, for profiling."""
 
     backend = "synthetic"
@@ -202,14 +206,6 @@ class SyntheticLoader:
 
     def __len__(self) -> int:
         return self.steps
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:       # a pending resume position is for its own epoch only
-            self._start = 0
-        self.epoch = epoch
-
-    def skip_batches(self, k: int) -> None:
-        self._start = k
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self._step}

@@ -24,20 +24,26 @@ PyObject* PyInit__C(void) {
 namespace supcon_fast {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fwd_on_cpu(const at::Tensor& z, const at::Tensor& labels,
-                                                                      int64_t offset, int64_t num_anchors,
-                                                                      double temperature, bool variant_in) {
-  if (supcon_emu::active()) return cuda_emu::supcon_fwd_cuda(z, labels, offset, num_anchors, temperature, variant_in);
-  return supcon_fwd_cpu(z, labels, offset, num_anchors, temperature, variant_in);
+FwdOutputs fwd_on_cpu(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t num_anchors,
+                      double temperature, bool variant_in, const c10::optional<at::Tensor>& queue,
+                      c10::string_view denominator, const c10::optional<at::Tensor>& cap_rank, int64_t cap) {
+  const ContrastOptions opt = contrast_options(z, queue, denominator, cap_rank, cap);
+  if (supcon_emu::active())
+    return cuda_emu::supcon_fwd_cuda(z, labels, offset, num_anchors, temperature, variant_in, opt);
+  return supcon_fwd_cpu(z, labels, offset, num_anchors, temperature, variant_in, opt);
 }
 
 at::Tensor bwd_on_cpu(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& labels, const at::Tensor& lse,
                       const at::Tensor& pos_term, const at::Tensor& npos, int64_t offset, int64_t num_anchors,
-                      double temperature, bool variant_in) {
+                      double temperature, bool variant_in, const c10::optional<at::Tensor>& queue,
+                      c10::string_view denominator, const c10::optional<at::Tensor>& cap_rank, int64_t cap,
+                      const c10::optional<at::Tensor>& coef) {
+  const ContrastOptions opt = contrast_options(z, queue, denominator, cap_rank, cap);
+  const at::Tensor c = coef.has_value() ? *coef : at::Tensor();
   if (supcon_emu::active())
     return cuda_emu::supcon_bwd_cuda(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature,
-                                     variant_in);
-  return supcon_bwd_cpu(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature, variant_in);
+                                     variant_in, opt, c);
+  return supcon_bwd_cpu(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature, variant_in, opt, c);
 }
 
 void emulation_start(const std::string& schedule, int64_t seed, int64_t poison, const std::string& arch,
@@ -88,15 +94,17 @@ std::string cuda_archs() {
 TORCH_LIBRARY(supcon_fast, m) {
   m.def(
       "supcon_fwd(Tensor z, Tensor labels, int offset, int num_anchors, float temperature, "
-      "bool variant_in) -> (Tensor loss, Tensor lse, Tensor pos_term, Tensor npos)");
+      "bool variant_in, Tensor? queue=None, str denominator='all', Tensor? cap_rank=None, int cap=-1) "
+      "-> (Tensor loss, Tensor lse, Tensor pos_term, Tensor npos, Tensor coef)");
   m.def(
       "supcon_bwd(Tensor grad_loss, Tensor z, Tensor labels, Tensor lse, Tensor pos_term, "
-      "Tensor npos, int offset, int num_anchors, float temperature, bool variant_in) -> Tensor");
+      "Tensor npos, int offset, int num_anchors, float temperature, bool variant_in, Tensor? queue=None, "
+      "str denominator='all', Tensor? cap_rank=None, int cap=-1, Tensor? coef=None) -> Tensor");
   m.def("emulation_start(str schedule, int seed, int poison, str arch, int sm_count) -> ()", &supcon_fast::emulation_start);
   m.def("emulation_stop() -> str", &supcon_fast::emulation_stop);
   m.def("emulation_archs() -> str", &supcon_fast::emulation_archs);
   m.def("cuda_archs() -> str", &supcon_fast::cuda_archs);
-  m.def("cuda_plan(str kernel, int N, int M, int offset, int D, ScalarType dtype, str arch) -> Tensor",
+  m.def("cuda_plan(str kernel, int N, int M, int offset, int D, ScalarType dtype, str arch, int grad_rows=-1) -> Tensor",
         &supcon_fast::cuda_emu::plan_blocks);
 }
 

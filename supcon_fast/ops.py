@@ -34,6 +34,16 @@ def has_kernel(device: torch.device | str) -> bool:
     return _KERNELS.get(torch.device(device).type if isinstance(device, str) else device.type, False)
 
 
+# The fused kernels with the denominator modes and the cap: the CPU op has them, the CUDA kernels not
+# yet (supcon_loss's 'auto' takes the reference there).
+_OPTIONS = {"cpu": True, "cuda": False}
+
+
+def has_options_kernel(device: torch.device | str) -> bool:
+    """True when the fused kernel for ``device``'s type also takes denominator modes and a positives cap."""
+    return has_kernel(device) and _OPTIONS.get(torch.device(device).type, False)
+
+
 def build_error() -> ImportError | None:
     return _IMPORT_ERROR
 
@@ -47,41 +57,56 @@ def cuda_archs() -> dict[str, list[str]]:
             "ptx": ["compute_" + p[2:].removesuffix("ptx") for p in parts if p.endswith("ptx")]}
 
 
-def supcon_fwd(z, labels, offset: int, num_anchors: int, temperature: float, variant_in: bool):
-    """Per-anchor SupCon terms of anchors ``z[offset : offset + num_anchors]`` against all of ``z``.
+def supcon_fwd(z, labels, offset: int, num_anchors: int, temperature: float, variant_in: bool, *, queue=None,
+               denominator: str = "all", cap_rank=None, cap: int = -1):
+    """Per-anchor SupCon terms of anchors ``z[offset : offset + num_anchors]`` against all of ``z``, then
+    the ``queue``'s rows (contrast only: no gradient reaches them).
 
-    z: [N, D] float; labels: [N] int64 (same device).
-    Returns (loss [M], lse [M], pos_term [M], npos [M] int64); loss/lse/pos_term fp64 for fp64 z, else fp32.
+    z: [N, D] float; labels: [N + K] int64 (z's rows, then the queue's); queue: [K, D] z's dtype or None.
+    denominator: 'all' | 'one_positive' | 'only_negatives'; cap >= 0: at most ``cap`` other samples of the
+    anchor's class are positives, chosen by cap_rank [N + K] int64 (reference.cap_ranks); -1: no cap.
+    Returns (loss [M], lse [M], pos_term [M], npos [M] int64, coef [M] for 'one_positive' else [0]);
+    the float outputs fp64 for fp64 z, else fp32.
     """
-    return torch.ops.supcon_fast.supcon_fwd.default(z, labels, offset, num_anchors, temperature, variant_in)
+    return torch.ops.supcon_fast.supcon_fwd.default(z, labels, offset, num_anchors, temperature, variant_in,
+                                                    queue, denominator, cap_rank, cap)
 
 
 if available():
     @torch.library.register_fake("supcon_fast::supcon_fwd")
-    def _fwd_fake(z, labels, offset, num_anchors, temperature, variant_in):
+    def _fwd_fake(z, labels, offset, num_anchors, temperature, variant_in, queue=None, denominator="all",
+                  cap_rank=None, cap=-1):
         torch._check(z.dim() == 2, lambda: f"supcon_fwd: z must be 2-D [N, D], got {tuple(z.shape)}")
-        torch._check(labels.shape[0] == z.shape[0], lambda: "supcon_fwd: labels must be [N]")
+        rows = z.shape[0] + (queue.shape[0] if queue is not None else 0)
+        torch._check(labels.shape[0] == rows, lambda: "supcon_fwd: labels must be [N + K]")
         stat = torch.float64 if z.dtype == torch.float64 else torch.float32
         loss = z.new_empty((num_anchors,), dtype=stat)
-        return loss, torch.empty_like(loss), torch.empty_like(loss), z.new_empty((num_anchors,), dtype=torch.long)
+        coef = z.new_empty((num_anchors if denominator == "one_positive" else 0,), dtype=stat)
+        return (loss, torch.empty_like(loss), torch.empty_like(loss), z.new_empty((num_anchors,), dtype=torch.long),
+                coef)
 
     @torch.library.register_fake("supcon_fast::supcon_bwd")
-    def _bwd_fake(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature, variant_in):
+    def _bwd_fake(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature, variant_in,
+                  queue=None, denominator="all", cap_rank=None, cap=-1, coef=None):
         return torch.empty_like(z, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
-        z, labels, offset, num_anchors, temperature, variant_in = inputs
-        _, lse, pos_term, npos = output
-        ctx.save_for_backward(z, labels, lse, pos_term, npos)
+        z, labels, offset, num_anchors, temperature, variant_in, queue, denominator, cap_rank, cap = inputs
+        _, lse, pos_term, npos, coef = output
+        ctx.save_for_backward(z, labels, lse, pos_term, npos, coef, queue, cap_rank)
         ctx.args = (offset, num_anchors, temperature, variant_in)
+        ctx.options = (denominator, cap)
 
-    def _backward(ctx, grad_loss, _grad_lse, _grad_pos, _grad_npos):
-        # Only the per-anchor loss is differentiable; lse/pos_term/npos are saved statistics.
-        z, labels, lse, pos_term, npos = ctx.saved_tensors
+    def _backward(ctx, grad_loss, _grad_lse, _grad_pos, _grad_npos, _grad_coef):
+        # Only the per-anchor loss is differentiable; lse/pos_term/npos/coef are saved statistics, and
+        # the queue's rows are contrast only.
+        z, labels, lse, pos_term, npos, coef, queue, cap_rank = ctx.saved_tensors
+        denominator, cap = ctx.options
         grad_z = None
         if ctx.needs_input_grad[0]:
             grad_z = torch.ops.supcon_fast.supcon_bwd.default(grad_loss.contiguous(), z, labels, lse, pos_term,
-                                                              npos, *ctx.args)
-        return grad_z, None, None, None, None, None
+                                                              npos, *ctx.args, queue, denominator, cap_rank, cap,
+                                                              coef)
+        return grad_z, None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("supcon_fast::supcon_fwd", _backward, setup_context=_setup_context)

@@ -64,7 +64,7 @@ DENOMINATORS = ("all", "one_positive", "only_negatives")
 
 
 def supcon_per_anchor_reference(z, labels, offset, num_anchors, *, temperature=0.07, variant="out",
-                                denominator="all", positives_cap=-1, n_views=1):
+                                denominator="all", positives_cap=-1, n_views=1, cap_rank=None):
     """Per-anchor terms of the anchor block ``z[offset : offset + M]`` against all of ``z``, materialized.
 
     z: [N, dim] view-major (row v * bsz + b is view v of sample b, bsz = N / n_views); labels: [N]
@@ -76,16 +76,14 @@ def supcon_per_anchor_reference(z, labels, offset, num_anchors, *, temperature=0
     'all' its positives too (every j != i when nothing is capped); 'one_positive' for each positive
     p only exp(s_ip) itself (a denominator per (i, p)); 'only_negatives' none. ``positives_cap`` >= 0
     (a multiple of n_views): besides the other views of i's own sample, only the first
-    ``positives_cap // n_views`` other samples of i's class in batch order are positives, with all
+    ``positives_cap // n_views`` other samples of i's class in contrast order are positives, with all
     their views; the same-class samples past the cap are neither positives nor negatives.
+    ``cap_rank``: [N] each row's sample rank within its class in contrast order (:func:`cap_ranks`);
+    None: the view-major batch order above. A contrast set with rows that are no anchor's batch (a
+    queue) passes its own.
     """
-    if denominator not in DENOMINATORS:
-        raise ValueError(f"denominator: expected one of {DENOMINATORS}, got {denominator!r}")
-    if positives_cap >= 0 and positives_cap % n_views:
-        raise ValueError(f"positives_cap: must be -1 (no cap) or a multiple of n_views = {n_views} (a sample's "
-                         f"views are kept together), got {positives_cap}")
+    check_options(denominator, positives_cap, n_views)
     n = z.shape[0]
-    bsz = n // n_views
     rows = torch.arange(offset, offset + num_anchors, device=z.device)
     cols = torch.arange(n, device=z.device)
     logits = z[offset:offset + num_anchors] @ z.T / temperature                  # [M, N]
@@ -94,11 +92,19 @@ def supcon_per_anchor_reference(z, labels, offset, num_anchors, *, temperature=0
     negatives = ~same
     pos = same & ~is_self
     if positives_cap >= 0:
-        pos &= _within_cap(labels[:bsz], rows % bsz, cols % bsz, positives_cap // n_views)
+        if cap_rank is None:
+            bsz = n // n_views
+            cap_rank = cap_ranks(labels, torch.arange(n, device=z.device) % bsz)
+        pos &= within_cap(cap_rank[rows][:, None], cap_rank[None, :], positives_cap // n_views)
+    return _per_anchor_terms(logits, negatives, pos, variant, denominator)
+
+
+def _per_anchor_terms(logits, negatives, pos, variant, denominator):
+    """L [M] and npos [M] from logits [M, N] and the negative / positive masks [M, N] (neither: left out)."""
     npos = pos.sum(1)
     valid = npos > 0
     safe = torch.where(valid, npos, torch.ones_like(npos)).to(logits.dtype)
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=z.device)
+    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
     neg_lse = torch.logsumexp(torch.where(negatives, logits, neg_inf), dim=1)   # [M]; -inf: no negatives
     if denominator == "all":
         log_den = torch.logsumexp(torch.where(negatives | pos, logits, neg_inf), dim=1)[:, None].expand_as(logits)
@@ -116,14 +122,42 @@ def supcon_per_anchor_reference(z, labels, offset, num_anchors, *, temperature=0
     return torch.where(valid, per_anchor, torch.zeros_like(per_anchor)), npos
 
 
-def _within_cap(sample_labels, anchor_samples, col_samples, k):
-    """[M, N] bool: column sample is anchor sample's own, or one of the first ``k`` other samples of
-    its class in batch order, found from each sample's rank within its class."""
-    bsz = sample_labels.shape[0]
-    order = torch.arange(bsz, device=sample_labels.device)
-    same = sample_labels[:, None] == sample_labels[None, :]
-    rank = (same & (order[None, :] < order[:, None])).sum(1)                      # earlier samples of its class
-    own = anchor_samples[:, None] == col_samples[None, :]
-    # the anchor's own sample takes no slot when it comes before; it does not count against the cap
-    slots_taken = rank[col_samples][None, :] - (rank[anchor_samples][:, None] < rank[col_samples][None, :]).long()
-    return own | (slots_taken < k)
+def check_options(denominator, positives_cap, n_views):
+    """The ValueErrors of the official options, naming the argument."""
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator: expected one of {DENOMINATORS}, got {denominator!r}")
+    if not isinstance(positives_cap, int) or positives_cap < -1:
+        raise ValueError(f"positives_cap: must be -1 (no cap) or an int >= 0, got {positives_cap!r}")
+    if positives_cap >= 0 and positives_cap % n_views:
+        raise ValueError(f"positives_cap: must be -1 (no cap) or a multiple of n_views = {n_views} (a sample's "
+                         f"views are kept together), got {positives_cap}")
+
+
+def cap_ranks(labels, order):
+    """Each row's sample rank within its class: how many other samples of its class come first.
+
+    labels: [N] integer; order: [N] int64, the row's sample position in contrast order (the rows of one
+    sample share it). Returns [N] int64. O(N log N), no N x N mask: the fused op takes it as is.
+    """
+    n = labels.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=labels.device)
+    by_order = torch.argsort(order, stable=True)
+    perm = by_order[torch.argsort(labels[by_order], stable=True)]                # by (label, order)
+    y, o = labels[perm], order[perm]
+    new_class = torch.ones(n, dtype=torch.bool, device=labels.device)
+    new_class[1:] = y[1:] != y[:-1]
+    new_sample = new_class.clone()
+    new_sample[1:] |= o[1:] != o[:-1]
+    dense = torch.cumsum(new_sample.long(), 0) - 1                               # sample index in sorted order
+    class_first = torch.cummax(torch.where(new_class, dense, torch.zeros_like(dense)), 0).values
+    rank = torch.empty_like(dense)
+    rank[perm] = dense - class_first
+    return rank
+
+
+def within_cap(anchor_rank, col_rank, k):
+    """Same-class column kept as a positive of an anchor under a cap of ``k`` samples (broadcasting):
+    its own sample (equal rank), or one of the first ``k`` other samples of the class; the anchor's own
+    sample takes no slot when it comes first. The fused op computes the same test."""
+    return (col_rank == anchor_rank) | (col_rank < k + (col_rank > anchor_rank).long())

@@ -31,9 +31,9 @@ def op_spy(monkeypatch):
     seen = []
     real = ops.supcon_fwd
 
-    def spy(z, *args):
+    def spy(z, *args, **kwargs):
         seen.append(z.dtype)
-        return real(z, *args)
+        return real(z, *args, **kwargs)
     monkeypatch.setattr(ops, "supcon_fwd", spy)
     return seen
 

@@ -55,7 +55,7 @@ def test_auto_uses_fused_and_matches_reference(variant, monkeypatch):
     f, y = sample_inputs(23, 2, 16, dtype=torch.float64)
     calls = []
     real = ops.supcon_fwd
-    monkeypatch.setattr(ops, "supcon_fwd", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(ops, "supcon_fwd", lambda *a, **k: calls.append(1) or real(*a, **k))
     loss_auto, grad_auto = loss_and_grad(supcon_loss, f, y, variant=variant)
     assert calls, "impl='auto' did not take the fused path on CPU"
     loss_ref, grad_ref = loss_and_grad(supcon_loss, f, y, variant=variant, impl="reference")
@@ -111,7 +111,7 @@ def _op_samples():
 def test_opcheck(sample):
     z, y, offset, m, t, variant_in = sample
     torch.library.opcheck(torch.ops.supcon_fast.supcon_fwd.default, (z.requires_grad_(), y, offset, m, t, variant_in))
-    loss, lse, pos, npos = torch.ops.supcon_fast.supcon_fwd.default(z.detach(), y, offset, m, t, variant_in)
+    loss, lse, pos, npos, _ = torch.ops.supcon_fast.supcon_fwd.default(z.detach(), y, offset, m, t, variant_in)
     torch.library.opcheck(torch.ops.supcon_fast.supcon_bwd.default,
                           (torch.ones_like(loss), z.detach(), y, lse, pos, npos, offset, m, t, variant_in))
 

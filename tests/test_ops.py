@@ -134,10 +134,10 @@ def test_anchor_block_with_offset(variant, device):
     g = torch.Generator().manual_seed(3)
     z = torch.nn.functional.normalize(torch.randn(150, 33, generator=g, dtype=torch.float64), dim=1).to(device)
     y = torch.randint(0, 7, (150,), generator=g).to(device)
-    full, _, _, npos_full = ops.supcon_fwd(z, y, 0, 150, 0.1, variant == "in")
+    full, _, _, npos_full, _ = ops.supcon_fwd(z, y, 0, 150, 0.1, variant == "in")
     for offset, m in [(0, 37), (37, 41), (101, 49), (149, 1)]:
         zz = z.clone().requires_grad_()
-        part, _, _, npos = ops.supcon_fwd(zz, y, offset, m, 0.1, variant == "in")
+        part, _, _, npos, _ = ops.supcon_fwd(zz, y, offset, m, 0.1, variant == "in")
         assert torch.allclose(part, full[offset:offset + m], rtol=1e-12, atol=1e-12)
         assert torch.equal(npos, npos_full[offset:offset + m])
         w = torch.randn(m, generator=g, dtype=torch.float64).to(device)

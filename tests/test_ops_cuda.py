@@ -100,7 +100,8 @@ def op_reference(z, labels, offset, m, temperature, variant_in):
 
 
 def fused(be, z, labels, offset, m, temperature, variant_in):
-    return be.run(lambda: ops.supcon_fwd(z, labels, offset, m, temperature, variant_in))
+    """(loss, lse, pos_term, npos) of the op (its coef output is for 'one_positive' only)."""
+    return be.run(lambda: ops.supcon_fwd(z, labels, offset, m, temperature, variant_in))[:4]
 
 
 def fused_grad(be, z, labels, offset, m, temperature, variant_in, grad_loss):
@@ -318,7 +319,7 @@ def test_cuda_graph_capture_replays_forward_and_backward(be):
     gl = torch.full((n,), 1.0 / n, device="cuda")
 
     def step():
-        loss, lse, pos, npos = ops.supcon_fwd(z, labels, 0, n, t, True)
+        loss, lse, pos, npos, _ = ops.supcon_fwd(z, labels, 0, n, t, True)
         grad = torch.ops.supcon_fast.supcon_bwd.default(gl, z, labels, lse, pos, npos, 0, n, t, True)
         return loss, grad
 

@@ -142,7 +142,7 @@ def test_mixed_precision_paths(tiny_data, tmp_path, amp, loss_dtype, monkeypatch
     checkpoint and the final JSON record it as torch names it."""
     from supcon_fast import ops
     seen, real = [], ops.supcon_fwd
-    monkeypatch.setattr(ops, "supcon_fwd", lambda z, *a: seen.append(z.dtype) or real(z, *a))
+    monkeypatch.setattr(ops, "supcon_fwd", lambda z, *a, **k: seen.append(z.dtype) or real(z, *a, **k))
     res = run(config.resolve(tiny_argv(tiny_data, tmp_path, amp=amp, max_steps=2, linear_epochs=1, knn_every=0)))
     assert res["status"] == "done" and res["steps"] == 2
     ck = torch.load(tmp_path / "last.pt", weights_only=True)

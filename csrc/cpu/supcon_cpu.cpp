@@ -21,42 +21,18 @@
 
 #include "../supcon.h"
 #include "rows.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// One copy of each hot function per instruction set; the loader picks the best the CPU runs.
-#define SUPCON_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SUPCON_MULTIVERSION
-#endif
+#include "tiles.h"
 
 namespace supcon_fast {
 namespace {
 
-constexpr int64_t kRowTile = 512;   // tile: 512 x 2048 fp32 = 4 MiB of workspace (x2 in backward)
-constexpr int64_t kColTile = 2048;
-constexpr int64_t kRowGrain = 16;   // rows per parallel task in the elementwise passes
-
-// Labels are arbitrary int64; the kernels need dense class ids 0..C-1 and class sizes.
-struct DenseClasses {
-  std::vector<int64_t> id;     // [N]
-  std::vector<int64_t> count;  // [C]
-};
-
-DenseClasses dense_classes(const at::Tensor& labels) {
-  const int64_t n = labels.size(0);
-  const int64_t* y = labels.data_ptr<int64_t>();
-  DenseClasses out;
-  out.id.resize(n);
-  std::unordered_map<int64_t, int64_t> index;
-  index.reserve(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) {
-    auto it = index.emplace(y[j], static_cast<int64_t>(index.size())).first;
-    out.id[j] = it->second;
-  }
-  out.count.assign(index.size(), 0);
-  for (int64_t j = 0; j < n; ++j) out.count[out.id[j]] += 1;
-  return out;
-}
+using cpu::dense_classes;
+using cpu::DenseClasses;
+using cpu::kColTile;
+using cpu::kRowGrain;
+using cpu::kRowTile;
+using cpu::RunningLSE;
+using cpu::tile_logits;
 
 // Per-class sums of rows of x (fp64, for an exact 'out' positive term): [C, D].
 template <typename scalar_t>
@@ -72,29 +48,6 @@ std::vector<double> class_sums(const scalar_t* x, int64_t rows, int64_t d, const
   }
   return sums;
 }
-
-// logits tile [rows, cols] = (x[rows] . y[cols]) / T into a contiguous buffer, by one BLAS call.
-template <typename scalar_t>
-void tile_logits(const at::Tensor& x_rows, const at::Tensor& y_cols, double inv_t, scalar_t* buf) {
-  auto out = at::from_blob(buf, {x_rows.size(0), y_cols.size(0)}, x_rows.options());
-  at::addmm_out(out, out, x_rows, y_cols.t(), /*beta=*/0, /*alpha=*/inv_t);  // beta 0 ignores out's contents
-}
-
-// Online log-sum-exp state of one row: running max m and sum l of exp(x - m), in fp64.
-struct RunningLSE {
-  double m = -std::numeric_limits<double>::infinity();
-  double l = 0.0;
-  template <typename scalar_t>
-  SUPCON_INLINE void add(const scalar_t* v, int64_t n) {  // v: -inf where excluded
-    const scalar_t mx = cpu::row_max(v, n);
-    if (mx == -std::numeric_limits<scalar_t>::infinity()) return;
-    const double new_m = std::max(m, static_cast<double>(mx));
-    const double s = cpu::row_sum_exp(v, n, static_cast<scalar_t>(new_m));
-    l = l * std::exp(m - new_m) + s;
-    m = new_m;
-  }
-  double value() const { return l > 0 ? m + std::log(l) : -std::numeric_limits<double>::infinity(); }
-};
 
 // Folds tile rows [r0, r1) (anchors i0 + r, logits buf [mr, nc] for contrast rows j0..j0+nc) into
 // the anchors' running LSE, and the positives' running LSE for 'in'.
@@ -201,11 +154,12 @@ SUPCON_MULTIVERSION void bwd_tile_rows(const scalar_t* buf, scalar_t* h, int64_t
 
 // grad[rows] += H(rows x cols) cols / T over all tiles, rows and cols being row ranges of z.
 // Anchor side: rows = anchors, cols = the contrast set. Contrast side: the other way round.
+// Contrast side: only the rows of acc (z's rows; the queue's get no gradient).
 template <typename scalar_t>
 void bwd_pass(const at::Tensor& z, const AnchorStats<scalar_t>& st, int64_t num_anchors, double inv_t,
               bool anchor_rows, bool symmetric, const at::Tensor& acc) {
   const int64_t n = z.size(0);
-  const int64_t row_base = anchor_rows ? st.offset : 0, num_rows = anchor_rows ? num_anchors : n;
+  const int64_t row_base = anchor_rows ? st.offset : 0, num_rows = anchor_rows ? num_anchors : acc.size(0);
   const int64_t col_base = anchor_rows ? 0 : st.offset, num_cols = anchor_rows ? n : num_anchors;
   std::unique_ptr<scalar_t[]> buf(new scalar_t[kRowTile * kColTile]), h(new scalar_t[kRowTile * kColTile]);
   for (int64_t r0 = 0; r0 < num_rows; r0 += kRowTile) {
@@ -239,11 +193,11 @@ void bwd_logits(const at::Tensor& z, const AnchorStats<scalar_t>& st, int64_t nu
 }
 
 // 'out' positive term, O(N * D) with class sums: d(-mean_p s_ip) is -(C_y - z_a) / (T |P|) on the
-// anchor's row and -z_a / (T |P|) on each of its positives' rows.
+// anchor's row and -z_a / (T |P|) on each of its positives' rows (grad's rows: the queue's get none).
 template <typename scalar_t>
 void bwd_out_positives(const at::Tensor& z, const DenseClasses& cls, const scalar_t* g, const int64_t* npos,
                        int64_t offset, int64_t num_anchors, double temperature, const at::Tensor& grad) {
-  const int64_t n = z.size(0), d = z.size(1);
+  const int64_t n = z.size(0), d = z.size(1), grad_rows = grad.size(0);
   const scalar_t* zp = z.data_ptr<scalar_t>();
   scalar_t* gp = grad.data_ptr<scalar_t>();
   const int64_t* cid = cls.id.data();
@@ -253,7 +207,7 @@ void bwd_out_positives(const at::Tensor& z, const DenseClasses& cls, const scala
   const auto csum = class_sums(zp, n, d, cid, num_classes);
   const auto q = class_sums(zp + offset * d, num_anchors, d, cid + offset, num_classes, w.data());
   const double inv_t = 1.0 / temperature;
-  at::parallel_for(0, n, 256, [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, grad_rows, 256, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const double* qy = q.data() + cid[j] * d;
       const double* cy = csum.data() + cid[j] * d;
@@ -270,35 +224,51 @@ void bwd_out_positives(const at::Tensor& z, const DenseClasses& cls, const scala
   });
 }
 
+// z then the queue as one contrast set in the statistics dtype (a copy only where a queue or a
+// half dtype needs one).
+at::Tensor contrast_set(const at::Tensor& z, const ContrastOptions& opt) {
+  const auto dtype = stat_dtype(z);
+  if (!opt.queue.defined()) return z.detach().to(dtype).contiguous();
+  return at::cat({z.detach().to(dtype), opt.queue.detach().to(dtype)}).contiguous();
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(
-    const at::Tensor& z_in, const at::Tensor& labels_in, int64_t offset, int64_t num_anchors,
-    double temperature, bool variant_in) {
-  check_fwd_args(z_in, labels_in, offset, num_anchors, temperature);
+FwdOutputs supcon_fwd_cpu(const at::Tensor& z_in, const at::Tensor& labels_in, int64_t offset, int64_t num_anchors,
+                          double temperature, bool variant_in, const ContrastOptions& opt) {
+  check_fwd_args(z_in, labels_in, offset, num_anchors, temperature, opt.queue_rows());
   at::NoGradGuard no_grad;
-  const auto z = z_in.detach().to(stat_dtype(z_in)).contiguous();
+  const auto z = contrast_set(z_in, opt);
+  if (!opt.default_sets()) return supcon_fwd_cpu_options(z, labels_in, offset, num_anchors, temperature, variant_in, opt);
   auto opts = z.options();
   auto loss = at::empty({num_anchors}, opts), lse = at::empty({num_anchors}, opts);
   auto pos = at::empty({num_anchors}, opts);
   auto npos = at::empty({num_anchors}, opts.dtype(at::kLong));
-  if (num_anchors == 0) return {loss, lse, pos, npos};
+  auto coef = at::empty({0}, opts);  // 'one_positive' only
+  if (num_anchors == 0) return {loss, lse, pos, npos, coef};
   const auto cls = dense_classes(labels_in.contiguous());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "supcon_fwd_cpu", [&] {
     fwd_impl<scalar_t>(z, cls, offset, num_anchors, temperature, variant_in, loss.data_ptr<scalar_t>(),
                        lse.data_ptr<scalar_t>(), pos.data_ptr<scalar_t>(), npos.data_ptr<int64_t>());
   });
-  return {loss, lse, pos, npos};
+  return {loss, lse, pos, npos, coef};
 }
 
 at::Tensor supcon_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& z_in, const at::Tensor& labels_in,
                           const at::Tensor& lse_in, const at::Tensor& pos_in, const at::Tensor& npos_in,
-                          int64_t offset, int64_t num_anchors, double temperature, bool variant_in) {
-  check_bwd_args(grad_loss, z_in, labels_in, lse_in, pos_in, npos_in, offset, num_anchors, temperature);
+                          int64_t offset, int64_t num_anchors, double temperature, bool variant_in,
+                          const ContrastOptions& opt, const at::Tensor& coef) {
+  check_bwd_args(grad_loss, z_in, labels_in, lse_in, pos_in, npos_in, offset, num_anchors, temperature,
+                 opt.queue_rows());
   at::NoGradGuard no_grad;
   const auto dtype = stat_dtype(z_in);
-  const auto z = z_in.detach().to(dtype).contiguous();
-  auto grad = at::zeros_like(z);
+  const auto z = contrast_set(z_in, opt);
+  const int64_t grad_rows = z_in.size(0);
+  if (!opt.default_sets())
+    return supcon_bwd_cpu_options(grad_loss, z, grad_rows, labels_in, lse_in, pos_in, npos_in, coef, offset,
+                                  num_anchors, temperature, variant_in, opt)
+        .to(z_in.scalar_type());
+  auto grad = at::zeros({grad_rows, z.size(1)}, z.options());
   if (num_anchors == 0 || z.size(0) == 0) return grad.to(z_in.scalar_type());
   // Anchors without a positive are not in the loss: g = 0, and finite stand-ins for their lse/pos.
   const auto valid = npos_in > 0;

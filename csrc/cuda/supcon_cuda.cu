@@ -218,11 +218,12 @@ void launch_bwd_kernel(const BwdInputs& in, const plan::BwdPlan& bp, at::Tensor&
   }
 }
 
+// grad: [G, D], the gradient of z's first G rows (the rest of the contrast set is a queue's).
 template <class C>
 void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
   using st_t = typename C::st_t;
-  const int64_t N = in.z.size(0), D = in.z.size(1);
-  const plan::BwdPlan bp = plan::plan_bwd(N, in.M, in.offset, D, C::BM, C::BN, sm_count(), sizeof(st_t));
+  const int64_t N = grad.size(0), D = in.z.size(1);  // from here on, N: the rows that get a gradient
+  const plan::BwdPlan bp = plan::plan_bwd(in.z.size(0), in.M, in.offset, D, C::BM, C::BN, sm_count(), sizeof(st_t), N);
   TORCH_CHECK(bp.blocks <= INT32_MAX, "supcon_bwd (", kBackend, "): too many rows: ", N);
   const auto st_opts = in.z.options().dtype(in.g.scalar_type());
   at::Tensor heavy, light;
@@ -240,13 +241,21 @@ void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
   }
 }
 
+// The kernels take one contrast set: z then the queue's rows, contiguous (the queue costs a copy);
+// the backward plans its rows over z's alone (supcon_plan.cuh): no gradient work on the queue.
+// The denominator modes and the cap are not in the kernels: an error naming them (supcon_loss routes
+// them to the reference on CUDA).
+at::Tensor contrast_set(const at::Tensor& z, const ContrastOptions& opt, const char* op) {
+  TORCH_CHECK(opt.default_sets(), op, " (", kBackend, "): denominator modes other than 'all' and the positives cap "
+              "are not in the CUDA kernels; use the CPU op or the reference (supcon_loss(..., impl='reference'))");
+  return opt.queue.defined() ? at::cat({z, opt.queue}).contiguous() : z.contiguous();
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor& z_in,
-                                                                           const at::Tensor& labels_in,
-                                                                           int64_t offset, int64_t num_anchors,
-                                                                           double temperature, bool variant_in) {
-  check_fwd_args(z_in, labels_in, offset, num_anchors, temperature);
+FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, int64_t offset, int64_t num_anchors,
+                           double temperature, bool variant_in, const ContrastOptions& opt) {
+  check_fwd_args(z_in, labels_in, offset, num_anchors, temperature, opt.queue_rows());
   TORCH_CHECK(on_device(z_in), "supcon_fwd (", kBackend, "): z is on ", z_in.device());
   const DeviceGuard guard(z_in.device());
   const int64_t M = num_anchors;
@@ -254,9 +263,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const
   at::Tensor loss = empty_output({M}, fopts);
   at::Tensor lse = empty_output({M}, fopts);
   at::Tensor pos = empty_output({M}, fopts);
-  if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong))};
+  at::Tensor coef = empty_output({0}, fopts);  // 'one_positive' only
+  const at::Tensor z = contrast_set(z_in, opt, "supcon_fwd");
+  if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong)), coef};
 
-  const at::Tensor z = z_in.contiguous();
   const at::Tensor labels = labels_in.contiguous();
   // npos comes out of the kernels (they compare every label pair anyway): no host synchronization.
   at::Tensor npos = empty_output({M}, z_in.options().dtype(at::kLong));
@@ -264,19 +274,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_fwd_cuda", [&] {
     launch_fwd<scalar_t>(z, labels, offset, M, temperature, variant_in, loss, lse, pos, npos);
   });
-  return {loss, lse, pos, npos};
+  return {loss, lse, pos, npos, coef};
 }
 
 at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, const at::Tensor& labels_in,
                            const at::Tensor& lse_in, const at::Tensor& pos_in, const at::Tensor& npos_in,
-                           int64_t offset, int64_t num_anchors, double temperature, bool variant_in) {
-  check_bwd_args(grad_loss, z_in, labels_in, lse_in, pos_in, npos_in, offset, num_anchors, temperature);
+                           int64_t offset, int64_t num_anchors, double temperature, bool variant_in,
+                           const ContrastOptions& opt, const at::Tensor& /*coef: 'one_positive' only*/) {
+  check_bwd_args(grad_loss, z_in, labels_in, lse_in, pos_in, npos_in, offset, num_anchors, temperature,
+                 opt.queue_rows());
   TORCH_CHECK(on_device(z_in), "supcon_bwd (", kBackend, "): z is on ", z_in.device());
   const DeviceGuard guard(z_in.device());
-  const int64_t N = z_in.size(0), D = z_in.size(1), M = num_anchors;
-  if (M == 0 || N == 0 || D == 0) return at::zeros({N, D}, z_in.options());
+  const at::Tensor z = contrast_set(z_in, opt, "supcon_bwd");
+  const int64_t N = z.size(0), D = z.size(1), M = num_anchors;
+  if (M == 0 || N == 0 || D == 0) return at::zeros({z_in.size(0), D}, z_in.options());
 
-  const at::Tensor z = z_in.contiguous();
   const at::Tensor labels = labels_in.contiguous();
   const auto st = stat_dtype(z);
   const at::Tensor npos = npos_in.contiguous();
@@ -291,7 +303,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
   const at::Tensor gmax = at::amax(g.abs()).to(at::kFloat);  // 0-dim, device; read by the TC kernels
   // One launch over all N rows; the cut into blocks: supcon_plan.cuh.
 
-  at::Tensor grad = empty_output({N, D}, z.options());
+  at::Tensor grad = empty_output({z_in.size(0), D}, z.options());
   const BwdInputs in{z, labels, g, lse, aux, gmax, offset, M, 1.0 / temperature, variant_in};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_bwd_cuda", [&] {
     with_bwd_config<scalar_t>(D, smem_optin(), [&](auto config) { launch_bwd<decltype(config)>(in, grad); });
@@ -302,12 +314,14 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
 #ifdef SUPCON_EMULATION
 // The blocks of a launch as the host plans them for `arch`, in launch order, for the schedule model
 // (supcon_fast/schedule_model.py): [blocks, 3] int64 (row block, column tiles, 1 if the row block
-// holds an anchor). kernel: "fwd" or "bwd".
+// holds an anchor). kernel: "fwd" or "bwd"; grad_rows: the backward's rows with a gradient (-1: N).
 at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t offset, int64_t D,
-                       at::ScalarType dtype, const std::string& arch) {
+                       at::ScalarType dtype, const std::string& arch, int64_t grad_rows) {
   TORCH_CHECK_VALUE(kernel == "fwd" || kernel == "bwd", "kernel must be 'fwd' or 'bwd', got '", kernel, "'");
   TORCH_CHECK_VALUE(N > 0 && M > 0 && offset >= 0 && offset + M <= N && D > 0,
                     "need 0 < M, 0 <= offset, offset + M <= N and D > 0");
+  TORCH_CHECK_VALUE(grad_rows == -1 || (grad_rows >= offset + M && grad_rows <= N),
+                    "grad_rows must be -1 or cover the anchors and lie within N");
   supcon_emu::Arch a{};
   try {
     a = supcon_emu::find_arch(arch);
@@ -329,7 +343,7 @@ at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t 
     }
     with_bwd_config<scalar_t>(D, a.smem_optin, [&](auto config) {
       using C = decltype(config);
-      const plan::BwdPlan bp = plan::plan_bwd(N, M, offset, D, C::BM, C::BN, a.sms, sizeof(typename C::st_t));
+      const plan::BwdPlan bp = plan::plan_bwd(N, M, offset, D, C::BM, C::BN, a.sms, sizeof(typename C::st_t), grad_rows);
       for (int64_t b = 0; b < bp.blocks; ++b) {
         const plan::BwdItem it = plan::bwd_item(bp, b);
         rows.insert(rows.end(), {it.row_block, it.tile_end - it.tile_begin, it.heavy ? 1 : 0});
@@ -344,8 +358,29 @@ at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t 
 }  // namespace supcon_fast
 
 #ifndef SUPCON_EMULATION
+namespace supcon_fast::cuda {
+namespace {
+// The op schemas' signatures (csrc/ops.cpp) around the functions above.
+FwdOutputs fwd_op(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t num_anchors,
+                  double temperature, bool variant_in, const c10::optional<at::Tensor>& queue,
+                  c10::string_view denominator, const c10::optional<at::Tensor>& cap_rank, int64_t cap) {
+  return supcon_fwd_cuda(z, labels, offset, num_anchors, temperature, variant_in,
+                         contrast_options(z, queue, denominator, cap_rank, cap));
+}
+
+at::Tensor bwd_op(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& labels, const at::Tensor& lse,
+                  const at::Tensor& pos_term, const at::Tensor& npos, int64_t offset, int64_t num_anchors,
+                  double temperature, bool variant_in, const c10::optional<at::Tensor>& queue,
+                  c10::string_view denominator, const c10::optional<at::Tensor>& cap_rank, int64_t cap,
+                  const c10::optional<at::Tensor>& coef) {
+  return supcon_bwd_cuda(grad_loss, z, labels, lse, pos_term, npos, offset, num_anchors, temperature, variant_in,
+                         contrast_options(z, queue, denominator, cap_rank, cap), coef.has_value() ? *coef : at::Tensor());
+}
+}  // namespace
+}  // namespace supcon_fast::cuda
+
 TORCH_LIBRARY_IMPL(supcon_fast, CUDA, m) {
-  m.impl("supcon_fwd", &supcon_fast::cuda::supcon_fwd_cuda);
-  m.impl("supcon_bwd", &supcon_fast::cuda::supcon_bwd_cuda);
+  m.impl("supcon_fwd", &supcon_fast::cuda::fwd_op);
+  m.impl("supcon_bwd", &supcon_fast::cuda::bwd_op);
 }
 #endif

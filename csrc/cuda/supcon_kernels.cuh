@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
   const int tid = threadIdx.x;
   const plan::BwdItem item = plan::bwd_item(p.plan, blockIdx.x);
   const int64_t r0 = item.row_block * BM;  // rows [r0, r0 + rows_valid) of z
-  const int rows_valid = (int)min((int64_t)BM, p.N - r0);
+  const int rows_valid = (int)min((int64_t)BM, p.plan.grad_rows - r0);  // queue rows: no gradient
   const int64_t a_end = p.offset + p.M;    // anchors: rows [offset, a_end)
   // Columns: all of z when this row block holds an anchor, else only the anchor rows.
   const int64_t col_start = item.heavy ? 0 : p.offset;

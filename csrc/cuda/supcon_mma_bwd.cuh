@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t4 = lane & 3;
   const plan::BwdItem item = plan::bwd_item(p.plan, blockIdx.x);
   const int64_t r0 = item.row_block * BM;
-  const int rows_valid = (int)min((int64_t)BM, p.N - r0);
+  const int rows_valid = (int)min((int64_t)BM, p.plan.grad_rows - r0);  // queue rows: no gradient
   const int64_t a_end = p.offset + p.M;
   const int64_t col_start = item.heavy ? 0 : p.offset;  // as the tile kernel: light blocks walk anchors only
   const int64_t ncols = item.heavy ? p.N : p.M;

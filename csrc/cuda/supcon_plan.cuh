@@ -7,7 +7,8 @@
 // Forward: anchor row blocks x column splits, every block the same number of column tiles; the
 // split count fills the GPU (about two blocks per SM) and is raised until whole waves of blocks
 // cover the work within 5% on one or two blocks per SM.
-// Backward: rows are all N rows of z. A row block holding an anchor ("heavy") walks all N columns,
+// Backward: rows are the first grad_rows of the N rows of z (all of them, unless the rows after are a
+// queue's: contrast only, no gradient). A row block holding an anchor ("heavy") walks all N columns,
 // one without ("light") walks only the M anchor columns: with M < N a heavy block has N / M times
 // the work of a light one. Light blocks go first, uncut; heavy blocks follow, cut into parts of half
 // a light block's columns, which fill the last wave finely. With few blocks for the GPU (small N),
@@ -65,7 +66,8 @@ inline FwdPlan plan_fwd(int64_t M, int64_t N, int BM, int BN, int sms) {
 
 struct BwdPlan {
   int64_t N, M, offset;
-  int64_t row_blocks;                 // ceil(N / BM)
+  int64_t grad_rows;                  // rows [0, grad_rows) of z get a gradient; the rest are contrast only
+  int64_t row_blocks;                 // ceil(grad_rows / BM)
   int64_t heavy_first, heavy_count;   // row blocks [heavy_first, heavy_first + heavy_count) hold anchors
   int64_t light_count;
   int64_t heavy_tiles, light_tiles;   // column tiles a heavy / light row block walks: ceil(N / BN), ceil(M / BN)
@@ -127,12 +129,13 @@ inline int64_t smaller(int64_t chunk, int64_t blocks, int64_t target) {
 }
 
 inline BwdPlan plan_bwd(int64_t N, int64_t M, int64_t offset, int64_t D, int BM, int BN, int sms, int elem_bytes,
-                        int64_t max_partial_bytes = int64_t(256) << 20) {
+                        int64_t grad_rows = -1, int64_t max_partial_bytes = int64_t(256) << 20) {
   BwdPlan p{};
   p.N = N;
   p.M = M;
   p.offset = offset;
-  p.row_blocks = ceil_div(N, BM);
+  p.grad_rows = grad_rows < 0 ? N : grad_rows;
+  p.row_blocks = ceil_div(p.grad_rows, BM);
   p.heavy_first = offset / BM;
   p.heavy_count = M > 0 ? (offset + M - 1) / BM - p.heavy_first + 1 : 0;
   p.light_count = p.row_blocks - p.heavy_count;

@@ -1,0 +1,234 @@
+"""The official options (denominator modes, positives cap) and the queue on the fused op, against the
+materialized reference: values and gradients, through the public API and at the op level.
+
+The reference for the options is supcon_per_anchor_reference, which reproduces the official
+implementation's published values (tests/test_reference.py). Sizes are odd (not a multiple of any
+tile); every dtype; both variants and contrast modes; labels none / few / one / distinct.
+"""
+import pytest
+import torch
+
+from helpers import loss_and_grad, sample_inputs
+from supcon_fast import ops, supcon_loss
+from supcon_fast.reference import cap_ranks, flatten_views, supcon_per_anchor_reference
+
+pytestmark = pytest.mark.skipif(not ops.available(), reason="extension not built")
+
+DENOMINATORS = ["all", "one_positive", "only_negatives"]
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b|, with a floor of 1e-3 on the scale: where the options make a loss constant
+    (one class, cap reaching the whole class) the exact gradient is 0 and the reference's is rounding."""
+    a, b = a.detach().double(), b.detach().double()
+    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-3)
+
+
+class RowsQueue:
+    """A queue's contract as the loss reads it (supcon_fast.queue.ContrastQueue): filled rows in storage
+    order with labels, a labelled flag and each row's sample age (0 = newest)."""
+
+    def __init__(self, rows, labels, labelled, age):
+        self.rows, self.labels, self.labelled, self.age = rows, labels, labelled, age
+        self.dim, self.device = rows.shape[1], rows.device
+
+    def __len__(self):
+        return self.rows.shape[0]
+
+    def contrast_rows(self):
+        return self.rows, self.labels, self.labelled, self.age
+
+
+def random_queue(k, dim, n_views=2, *, classes=5, seed=0, dtype=torch.float64, unlabelled_every=0):
+    """k rows of samples of n_views rows each, in a rotated storage order (a ring that wrapped)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.nn.functional.normalize(torch.randn(k, dim, generator=g, dtype=torch.float64), dim=1).to(dtype)
+    sample = torch.arange(k) // n_views
+    labels = torch.randint(0, classes, (int(sample.max()) + 1,), generator=g)[sample]
+    labelled = torch.ones(k, dtype=torch.bool)
+    if unlabelled_every:
+        labelled = sample % unlabelled_every != 0
+    age = int(sample.max()) - sample
+    shift = k // 3
+    roll = lambda t: torch.roll(t, shift, 0)  # noqa: E731
+    return RowsQueue(roll(rows), roll(labels), roll(labelled), roll(age))
+
+
+def fused(f, y, **kw):
+    return supcon_loss(f, y, impl="fused", **kw)
+
+
+def reference64(f, y, queue=None, **kw):
+    if queue is not None:
+        rows, labels, labelled, age = queue.contrast_rows()
+        queue = RowsQueue(rows.double(), labels, labelled, age)
+    return supcon_loss(f.double(), y, impl="reference", queue=queue, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("denominator", DENOMINATORS)
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("mode", ["all", "one"])
+@pytest.mark.parametrize("labels", ["none", "few", "one", "distinct"])
+@pytest.mark.parametrize("cap", [-1, 0, 2, 4])
+def test_options_parity(cap, labels, mode, variant, denominator, dtype):
+    if labels == "one" and denominator == "only_negatives":
+        pytest.skip("no negatives: log 0 (tested below)")
+    f, y = sample_inputs(37, 2, 19, labels=labels, dtype=dtype, seed=cap + 5)
+    kw = dict(temperature=0.2, contrast_mode=mode, variant=variant, denominator=denominator, positives_cap=cap)
+    loss, grad = loss_and_grad(fused, f, y, **kw)
+    loss_ref, grad_ref = loss_and_grad(reference64, f, y, **kw)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert rel_err(loss, loss_ref) <= TOL[dtype], (loss, loss_ref)
+    assert rel_err(grad, grad_ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("size", [(1, 2, 3), (129, 3, 67), (600, 2, 33)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("denominator", DENOMINATORS)
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_options_sizes_across_tiles(size, denominator, variant):
+    """More rows than a CPU tile (512 x 2048 at 600 x 2 x 2 rows with a queue) and odd dims."""
+    bsz, n_views, dim = size
+    if bsz == 1 and denominator == "only_negatives":
+        pytest.skip("no negatives: log 0 (tested below)")
+    f, y = sample_inputs(bsz, n_views, dim, labels="few", dtype=torch.float32, seed=dim)
+    q = random_queue(2 * 1111 + 1, dim, n_views=1, seed=dim, dtype=torch.float32) if bsz > 500 else None
+    kw = dict(temperature=0.1, variant=variant, denominator=denominator, positives_cap=2 * n_views, queue=q)
+    loss, grad = loss_and_grad(fused, f, y, **kw)
+    loss_ref, grad_ref = loss_and_grad(reference64, f, y, **kw)
+    assert rel_err(loss, loss_ref) <= 2e-5 and rel_err(grad, grad_ref) <= 2e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("denominator", DENOMINATORS)
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_options_half_inputs(dtype, denominator, variant):
+    """The accuracy rule: fused error vs fp64 at most twice the reference's own error in that dtype + eps."""
+    f, y = sample_inputs(45, 2, 31, labels="few", dtype=dtype, seed=3)
+    kw = dict(temperature=0.1, variant=variant, denominator=denominator, positives_cap=4)
+    loss, grad = loss_and_grad(fused, f, y, **kw)
+    loss64, grad64 = loss_and_grad(reference64, f, y, **kw)
+    loss_low, grad_low = loss_and_grad(lambda a, b, **k: supcon_loss(a, b, impl="reference", **k), f, y, **kw)
+    assert grad.dtype == dtype
+    assert rel_err(loss, loss64) <= 2 * rel_err(loss_low, loss64) + 1e-3
+    assert rel_err(grad, grad64) <= 2 * rel_err(grad_low, grad64) + 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("denominator", DENOMINATORS)
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("cap", [-1, 2])
+@pytest.mark.parametrize("labels", ["none", "few", "distinct"])
+def test_queue_parity(labels, cap, variant, denominator, dtype):
+    f, y = sample_inputs(23, 2, 17, labels=labels, dtype=dtype, seed=7)
+    q = random_queue(41, 17, dtype=dtype, seed=1, unlabelled_every=3)
+    kw = dict(temperature=0.2, variant=variant, denominator=denominator, positives_cap=cap, queue=q)
+    loss, grad = loss_and_grad(fused, f, y, **kw)
+    loss_ref, grad_ref = loss_and_grad(reference64, f, y, **kw)
+    assert rel_err(loss, loss_ref) <= TOL[dtype] and rel_err(grad, grad_ref) <= TOL[dtype]
+    assert not q.rows.requires_grad
+
+
+def test_queue_rows_are_contrast_rows():
+    """A queue equals putting its rows in the batch as contrast-only rows: the reference built by hand."""
+    f, y = sample_inputs(11, 2, 9, labels="few", seed=2)
+    q = random_queue(14, 9, seed=4, unlabelled_every=2)
+    rows, q_labels, labelled, _ = q.contrast_rows()
+    z = flatten_views(f)
+    fresh = 1000 + torch.arange(14)
+    y_all = torch.cat([y.repeat(2), torch.where(labelled, q_labels, fresh)])
+    per, npos = supcon_per_anchor_reference(torch.cat([z, rows]), y_all, 0, 22, temperature=0.3)
+    want = per[npos > 0].mean()
+    got = supcon_loss(f, y, temperature=0.3, impl="fused", queue=q)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_queue_cap_counts_batch_then_queue_newest_first():
+    """One class: with a cap of one sample, each anchor's only other positive sample is the first of the
+    batch (or the second sample, for the first one); with a batch of one sample it is the queue's newest."""
+    f, y = sample_inputs(1, 2, 5, labels="one", seed=1)
+    q = random_queue(6, 5, seed=2, classes=1)
+    rows, labels, labelled, age = q.contrast_rows()
+    q = RowsQueue(rows, torch.full_like(labels, 7), labelled, age)
+    order = torch.cat([torch.zeros(2, dtype=torch.long), 1 + age])
+    rank = cap_ranks(torch.full((8,), 7), order)
+    newest = torch.nonzero(age == 0).flatten() + 2
+    assert set(torch.nonzero(rank == 1).flatten().tolist()) == set(newest.tolist())
+    _, _, _, npos, _ = ops.supcon_fwd(flatten_views(f).detach(), torch.full((8,), 7), 0, 2, 0.5, False,
+                                   queue=rows, cap_rank=rank, cap=1)
+    assert npos.tolist() == [3, 3]  # the other view + the newest queue sample's two views
+
+
+def test_only_negatives_without_negatives_is_minus_infinity_like_the_reference():
+    f, y = sample_inputs(5, 2, 4, labels="one", requires_grad=False)
+    a = supcon_loss(f, y, impl="fused", denominator="only_negatives")
+    b = supcon_loss(f, y, impl="reference", denominator="only_negatives")
+    assert a.item() == b.item() == float("-inf")
+
+
+def test_default_options_take_the_default_kernel():
+    """denominator='all' without a cap is today's op: bitwise the same loss, no coef output."""
+    f, y = sample_inputs(33, 2, 16, labels="few", dtype=torch.float32, requires_grad=False)
+    z = flatten_views(f)
+    out = ops.supcon_fwd(z, y.repeat(2), 0, 66, 0.1, False)
+    assert out[4].numel() == 0
+    assert torch.equal(supcon_loss(f, y, impl="fused"), supcon_loss(f, y, impl="fused", denominator="all",
+                                                                     positives_cap=-1, queue=None))
+
+
+def test_op_checks_name_the_argument():
+    z = torch.randn(6, 4)
+    y = torch.zeros(6, dtype=torch.long)
+    with pytest.raises(ValueError, match="denominator"):
+        ops.supcon_fwd(z, y, 0, 6, 0.1, False, denominator="most")
+    with pytest.raises(RuntimeError, match="cap_rank"):
+        ops.supcon_fwd(z, y, 0, 6, 0.1, False, cap=1)
+    with pytest.raises(RuntimeError, match="labels must be \\[N \\+ K\\]"):
+        ops.supcon_fwd(z, y, 0, 6, 0.1, False, queue=torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match="queue must be \\[K, D\\]"):
+        ops.supcon_fwd(z, torch.zeros(9, dtype=torch.long), 0, 6, 0.1, False, queue=torch.randn(3, 5))
+    f, y = sample_inputs(4, 2, 3)
+    with pytest.raises(ValueError, match="positives_cap"):
+        supcon_loss(f, y, positives_cap=3)
+    with pytest.raises(ValueError, match="mask"):
+        supcon_loss(f, mask=torch.eye(4), denominator="one_positive")
+    with pytest.raises(ValueError, match="queue"):
+        supcon_loss(f, y, queue=random_queue(4, 5))
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_cuda_kernels_with_a_queue(dtype, variant):
+    """The CUDA host code under the emulation: a queue joins the contrast set and gets no gradient;
+    against the fp64 reference by the accuracy rule (fp32: 2e-5)."""
+    f, y = sample_inputs(21, 2, 24, labels="few", dtype=dtype, seed=11)
+    q = random_queue(75, 24, dtype=dtype, seed=3, unlabelled_every=4)
+    kw = dict(temperature=0.1, variant=variant, queue=q)
+    loss, grad = loss_and_grad(fused, f, y, **kw)
+    loss64, grad64 = loss_and_grad(reference64, f, y, **kw)
+    if dtype == torch.float32:
+        assert rel_err(loss, loss64) <= 2e-5 and rel_err(grad, grad64) <= 2e-5
+        return
+    loss_low, grad_low = loss_and_grad(lambda a, b, **k: supcon_loss(a, b, impl="reference", **k), f, y, **kw)
+    assert rel_err(loss, loss64) <= 2 * rel_err(loss_low, loss64) + 1e-3
+    assert rel_err(grad, grad64) <= 2 * rel_err(grad_low, grad64) + 1e-2
+
+
+@pytest.mark.emulated
+def test_cuda_kernels_name_the_options_they_lack():
+    f, y = sample_inputs(5, 2, 8, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="denominator modes .* not in the CUDA kernels"):
+        supcon_loss(f, y, impl="fused", denominator="one_positive")
+
+
+@pytest.mark.emulated
+def test_cuda_backward_plans_no_gradient_work_on_the_queue():
+    """With a queue of K rows after z's N rows, the backward's row blocks cover z's rows only (the same
+    rows as without the queue), while the anchors' blocks walk the queue's columns too."""
+    n, k = 300, 2000
+    with_queue = torch.ops.supcon_fast.cuda_plan("bwd", n + k, n, 0, 128, torch.bfloat16, "sm_90", n)
+    without = torch.ops.supcon_fast.cuda_plan("bwd", n, n, 0, 128, torch.bfloat16, "sm_90")
+    assert set(with_queue[:, 0].tolist()) == set(without[:, 0].tolist()) == set(range((n + 63) // 64))
+    assert with_queue[:, 1].sum() == -(-(n + k) // 64) * len(set(without[:, 0].tolist()))  # every column tile

@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=8 -m supcon_fast.train --config imagenet_resnet200 --data /data/imagenet
     python -m supcon_fast.train --resume auto --out runs/c10  # continue a stopped run exactly
     python -m supcon_fast.train --loss ce                    # the cross-entropy baseline
+    python -m supcon_fast.train --queue 4096                 # also contrast against the last 4096 embeddings
 
 Options: defaults < YAML preset (--config) < command line; `--help` lists them. The resolved config
 is saved as <out>/config.yaml. The last stdout line is a JSON summary (linear_top1, linear_top5, out).

@@ -59,3 +59,22 @@ def test_stand_in_contrast_set_matches_the_loss_of_the_whole_set(fused):
     assert loss.item() == pytest.approx((per.sum() / (npos > 0).sum()).item(), rel=1e-6)
     with pytest.raises(ValueError, match="contrast_n"):
         profile.stand_in_contrast_criterion({}, 4, 3, "cpu")(f, y)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_a_step_with_a_queue(momentum):
+    """--queue K: the loss contrasts against a full queue of K rows, fed after each step (the momentum
+    copy's forward with m > 0), timed as the queue_feed phase."""
+    kw = {k: v for k, v in TINY.items() if k != "device"}
+    r = profile.profile_config(loss="supcon", **kw, device=torch.device("cpu"), queue=64, queue_momentum=momentum)
+    assert r["queue"] == 64 and set(r["phases_ms"]) == set(profile.PHASES)
+    assert r["phases_ms"]["loss"] > 0 and r["phases_ms"]["queue_feed"] > 0
+    total = sum(v for k, v in r["phases_ms"].items() if k != "data_wait")
+    assert total == pytest.approx(r["step_ms"], rel=0.25)
+    with pytest.raises(ValueError, match="queue"):
+        profile.profile_config(loss="supcon", **kw, device=torch.device("cpu"), queue=64, contrast_n=40)
+
+
+def test_profile_records_the_queue(result):
+    assert (result["config"]["queue"], result["config"]["queue_momentum"]) == (0, None)
+    assert result["supcon"]["queue"] == 0

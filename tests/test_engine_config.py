@@ -41,10 +41,22 @@ def test_saved_config_round_trips(tmp_path):
     (["--temperature", "-1"], "temperature"),
     (["--views", "1"], "views"),
     (["--linear-holdout", "1.5"], "linear_holdout"),
+    (["--queue", "-1"], "queue"),
+    (["--queue", "64", "--loss", "ce"], "queue: applies to the contrastive losses"),
+    (["--queue-momentum", "1"], "queue_momentum"),
+    (["--queue-momentum", "-0.5"], "queue_momentum"),
 ])
 def test_bad_values_name_the_option(argv, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         config.resolve(argv)
+
+
+def test_queue_options():
+    cfg = config.resolve([])
+    assert (cfg["queue"], cfg["queue_momentum"]) == (0, 0.999)                # off by default
+    cfg = config.resolve(["--queue", "4096", "--queue-momentum", "0", "--loss", "simclr"])
+    assert (cfg["queue"], cfg["queue_momentum"]) == (4096, 0.0)
+    assert config.resolve(["--loss", "ce", "--queue", "0"])["queue"] == 0
 
 
 def test_bad_yaml_key_and_type(tmp_path):

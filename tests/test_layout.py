@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "supcon_fast"
 # A unit (top-level module or subpackage) may import units of lower layers and itself only.
 LAYERS = {
     "_C": -1,
-    "reference": 0, "provenance": 0, "distributed": 0, "ops": 0,
+    "reference": 0, "provenance": 0, "distributed": 0, "ops": 0, "queue": 0,
     "loss": 1, "models": 1, "data": 1, "testing": 1,
     "engine": 2, "schedule_model": 2,
     "bench": 3, "robustness": 3, "train": 3,

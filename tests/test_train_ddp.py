@@ -1,6 +1,6 @@
 """Two gloo processes with DDP + global-batch contrast reproduce the single-process global batch:
 the same loss on every rank and, after DDP's gradient averaging, the same gradients and update.
-Also: tools/train.py under torchrun (2 CPU processes) runs end to end."""
+Also with a queue fed by a momentum copy, and tools/train.py under torchrun (2 CPU processes) end to end."""
 import json
 import os
 import socket
@@ -15,7 +15,9 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from supcon_fast import ContrastQueue
 from supcon_fast.engine.losses import make_criterion
+from supcon_fast.engine.momentum import MomentumEncoder, QueueFeeder
 from supcon_fast.engine.optim import WarmupCosine, build_optimizer
 from supcon_fast.engine.step import TrainStep, forward_loss
 from supcon_fast.models import SupConModel
@@ -98,9 +100,49 @@ def test_two_process_ddp_matches_single_process_global_batch(tmp_path, loss):
             torch.testing.assert_close(res["params"][n], p, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
 
 
-def test_train_under_torchrun_two_cpu_processes_and_resume(tmp_path):
+def _queue_steps(model, ddp, views, labels, sl):
+    """Two training steps with a queue of 40 rows fed by a momentum copy (m = 0.5): the losses and the
+    queue after them. ``sl``: this process's slice of the global batch; ``ddp``: the model it steps."""
+    feeder = QueueFeeder(ContrastQueue(40, 8), MomentumEncoder(model, 0.5))
+    crit = make_criterion("supcon", temperature=0.1, gather=ddp is not model, queue=feeder.queue)
+    opt = build_optimizer(model, "sgd", 0.5, weight_decay=1e-4)
+    step = TrainStep(ddp, crit, opt, WarmupCosine(opt, 10, 0, 0.5), loss_kind="supcon", feeder=feeder)
+    losses = [step([v[sl] for v in views], labels[sl])[0] for _ in range(2)]   # the 2nd contrasts the 1st's rows
+    return torch.stack(losses), feeder.queue.state_dict()
+
+
+def _queue_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model, views, labels = _setup("supcon")
+        losses, queue = _queue_steps(model, DDP(model), views, labels, slice(rank * B, (rank + 1) * B))
+        torch.save({"losses": losses, "queue": queue}, f"{out_dir}/queue{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_queue_feed_matches_single_process(tmp_path):
+    """Under DDP each rank pushes the gathered global batch (the momentum copy's embeddings): every rank's
+    queue, and the loss that contrasts against it, equal those of one process with the global batch."""
+    model, views, labels = _setup("supcon")
+    ref_losses, ref_queue = _queue_steps(model, model, views, labels, slice(None))
+    assert ref_queue["filled"] == 40 and ref_queue["samples"] == 2 * WORLD * B    # 48 rows pushed: wrapped
+    mp.spawn(_queue_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        res = torch.load(tmp_path / f"queue{r}.pt", weights_only=True)
+        torch.testing.assert_close(res["losses"], ref_losses, rtol=1e-5, atol=1e-6)
+        q = res["queue"]
+        assert all(q[k] == ref_queue[k] for k in ("pos", "filled", "samples"))
+        assert torch.equal(q["labels"], ref_queue["labels"]) and torch.equal(q["sample"], ref_queue["sample"])
+        torch.testing.assert_close(q["features"], ref_queue["features"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("queue", [[], ["--queue", "20", "--queue-momentum", "0.9"]], ids=["plain", "queue"])
+def test_train_under_torchrun_two_cpu_processes_and_resume(tmp_path, queue):
     """tools/train.py under torchrun (gloo): runs end to end; a run stopped mid-epoch (--max-steps) and
-    resumed with --resume auto ends with the same weights as an uninterrupted one (per-rank loader state)."""
+    resumed with --resume auto ends with the same weights as an uninterrupted one (per-rank loader state).
+    With a queue: also the same queue and momentum copy (every rank starts from rank 0's copy)."""
     from PIL import Image
     import numpy as np
     rng = np.random.default_rng(0)
@@ -117,7 +159,7 @@ def test_train_under_torchrun_two_cpu_processes_and_resume(tmp_path):
                str(_free_port()), "tools/train.py", "--dataset", "folder", "--data", str(tmp_path / "d"),
                "--out", str(out), "--width", "4", "--size", "16", "--batch-size", "4", "--epochs", "2",
                "--linear-epochs", "1", "--eval-batch-size", "8", "--knn-every", "1", "--num-threads", "1",
-               "--no-tensorboard", *extra]
+               "--no-tensorboard", *queue, *extra]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr[-3000:]
@@ -131,6 +173,10 @@ def test_train_under_torchrun_two_cpu_processes_and_resume(tmp_path):
     assert ck["step_in_epoch"] == 3 and len(ck["loader"]) == 2 and not any(k.startswith("module.") for k in ck["model"])
     resumed = torchrun(tmp_path / "part", "--resume", "auto")
     assert resumed["steps"] == 8
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    if queue:
+        assert (full["queue"], full["queue_momentum"]) == (20, 0.9) and a["queue"]["samples"] == 32
+        assert all(torch.equal(a["momentum_model"][k], b["momentum_model"][k]) for k in a["momentum_model"])
+        assert all(torch.equal(a["queue"][k], b["queue"][k]) for k in ("features", "labels", "labelled", "sample"))

@@ -27,10 +27,10 @@ def tiny_cfg(data, out, loader, **kw):
     return config.resolve(argv)
 
 
-@pytest.mark.parametrize("loader", ["dali", "memory"])
-def test_sigterm_then_resume_is_bitwise_identical(tmp_path, loader):
+def _stop_and_resume(tmp_path, loader, **kw):
+    """A full run, and one stopped by SIGTERM mid-epoch 0 then resumed: their last.pt checkpoints."""
     data = make_data(tmp_path / "data")
-    full = run(tiny_cfg(data, tmp_path / "full", loader))
+    full = run(tiny_cfg(data, tmp_path / "full", loader, **kw))
     assert full["status"] == "done"
 
     stop_at = 2   # mid-epoch 0 (3 steps per epoch in memory, 4 with DALI padding)
@@ -39,13 +39,13 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, loader):
         if step == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)   # the real signal path, handled by the trainer
 
-    part = run(tiny_cfg(data, tmp_path / "resumed", loader), on_step=hook)
+    part = run(tiny_cfg(data, tmp_path / "resumed", loader, **kw), on_step=hook)
     assert part["status"] == "interrupted" and part["steps"] == stop_at
     ck = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert (ck["step"], ck["epoch"], ck["step_in_epoch"]) == (stop_at, 0, stop_at)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # handlers restored after the loop
 
-    resumed = run(tiny_cfg(data, tmp_path / "resumed", loader, resume="auto"))
+    resumed = run(tiny_cfg(data, tmp_path / "resumed", loader, resume="auto", **kw))
     assert resumed["status"] == "done" and resumed["steps"] == full["steps"]
 
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
@@ -56,6 +56,33 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, loader):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     assert resumed["linear_top1"] == full["linear_top1"]
     assert resumed["best_knn_top1"] == full["best_knn_top1"]
+    return full, resumed, ck, a, b
+
+
+@pytest.mark.parametrize("loader", ["dali", "memory"])
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, loader):
+    full, _, ck, _, _ = _stop_and_resume(tmp_path, loader)
+    assert "queue" not in ck and (full["queue"], full["queue_momentum"]) == (0, None)
+
+
+@pytest.mark.parametrize("momentum", [0.99, 0.0])
+def test_resume_with_a_queue_is_bitwise_identical(tmp_path, momentum):
+    """--queue 50: 16 rows a step (8 images x 2 views), so the queue wraps at step 4, in the middle of a
+    sample; stopped at step 2, resumed: the queue, the momentum copy and the model equal the full run's."""
+    full, resumed, ck, a, b = _stop_and_resume(tmp_path, "memory", queue=50, queue_momentum=momentum)
+    assert (full["queue"], full["queue_momentum"]) == (resumed["queue"], resumed["queue_momentum"]) == (50, momentum)
+    assert ck["queue"]["filled"] == 32 and ck["queue"]["samples"] == 16     # what the stopped run saved
+    assert a["queue"]["filled"] == 50 and a["queue"]["samples"] == 8 * full["steps"] > 25
+    for k in ("features", "labels", "labelled", "sample"):
+        assert torch.equal(a["queue"][k], b["queue"][k]), k
+    assert (a["queue"]["pos"], a["queue"]["samples"]) == (b["queue"]["pos"], b["queue"]["samples"])
+    if momentum:
+        assert a["momentum_model"].keys() == a["model"].keys()
+        for k in a["model"]:
+            assert torch.equal(a["momentum_model"][k], b["momentum_model"][k]), k
+        assert not torch.equal(a["momentum_model"]["head.0.weight"], a["model"]["head.0.weight"])  # an average
+    else:
+        assert a["momentum_model"] is None
 
 
 def test_resume_refuses_a_different_model(tmp_path):

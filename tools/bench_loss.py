@@ -4,6 +4,12 @@
     python tools/bench_loss.py --n 1024 4096 8192 16384 65536 --dim 128 --dtype fp32 \
         --impls fused reference pml --json benchmarks/results/loss_cpu.json --plot benchmarks/results/loss_cpu.png
 
+Queue cases: M current views (--n) against K queue rows (a ContrastQueue), fused against the materialized
+reference in the same run:
+
+    python tools/bench_loss.py --n 512 --queue 4096 16384 65536 --dim 128 --dtype fp32 \
+        --impls fused reference --json benchmarks/results/loss_queue_cpu_fp32.json
+
 Each case runs in a fresh process (see supcon_fast/bench/loss.py); out-of-memory and time-outs are recorded.
 """
 import argparse
@@ -18,7 +24,9 @@ from supcon_fast.bench import loss as benchmarks  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 8192, 16384, 65536],
-                   help="views in the contrast set (bsz = n / 2, two views)")
+                   help="views in the contrast set (bsz = n / 2, two views); with --queue, the current views")
+    p.add_argument("--queue", type=int, nargs="+", default=None, metavar="K",
+                   help="queue cases: contrast the --n current views against K queue rows too (impls fused, reference)")
     p.add_argument("--dim", type=int, nargs="+", default=[128])
     p.add_argument("--dtype", nargs="+", default=["fp32"], choices=sorted(benchmarks.DTYPES))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -36,7 +44,8 @@ def main(argv=None):
         mem_limit = 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     records = benchmarks.run_benchmark(args.n, args.dim, args.dtype, args.impls, device=args.device,
                                        repeats=args.repeats, timeout_s=args.timeout, mem_limit_gb=mem_limit,
-                                       threads=args.threads, progress=lambda s: print(s, flush=True))
+                                       threads=args.threads, queues=args.queue,
+                                       progress=lambda s: print(s, flush=True))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(records, f, indent=1)

@@ -5,7 +5,7 @@
         --synthetic --amp bf16 --channels-last --contrast-n 16384 --json benchmarks/results/step_r50.json
 
 Writes the JSON, a Markdown table (.md) and a stacked-bar PNG next to it; --trace DIR adds a
-torch.profiler trace of the SupCon steps.
+torch.profiler trace of the SupCon steps. --queue K times the SupCon step with a queue of K rows.
 """
 import argparse
 import json
@@ -36,6 +36,10 @@ def main(argv=None):
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--loss-impl", default="fused", choices=["fused", "reference"])
     p.add_argument("--contrast-n", type=int, default=None, help="contrast the local views against N views")
+    p.add_argument("--queue", type=int, default=0, metavar="K",
+                   help="SupCon step with a queue of K rows (full of random unit rows before timing), fed each step")
+    p.add_argument("--queue-momentum", type=float, default=0.999,
+                   help="with --queue: the momentum copy's m, as the trainer's (0: push the online embeddings)")
     p.add_argument("--stem", default=None, help="imagenet | small (default: small below 64 px)")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=1000)
@@ -56,6 +60,7 @@ def main(argv=None):
                              loss_dtype=a.loss_dtype, channels_last=a.channels_last, loss_impl=a.loss_impl,
                              contrast_n=a.contrast_n, stem=a.stem or ("small" if a.image_size < 64 else "imagenet"),
                              width=a.width, num_classes=a.num_classes, trace_dir=a.trace, loader_factory=factory,
+                             queue=a.queue, queue_momentum=a.queue_momentum,
                              progress=lambda s: print(s, flush=True))
     base = os.path.splitext(a.json)[0]
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

@@ -1,12 +1,17 @@
 """Loss benchmark: forward+backward time and loss-attributable peak memory, one fresh process per case.
 
-Each case (impl, device, dtype, n, dim) runs in its own subprocess so that its memory peak is its own:
-on CPU the peak RSS above what the process held once its inputs existed (``ru_maxrss``), on CUDA
+Each case (impl, device, dtype, n, dim, queue) runs in its own subprocess so that its memory peak is its own:
+on CPU the peak RSS above what the process held once its inputs existed (the kernel's high-water mark
+``VmHWM``, reset to the current RSS at the baseline through ``/proc/self/clear_refs``), on CUDA
 ``max_memory_allocated`` above the allocated inputs. A case that runs out of memory or time is recorded
 with its status, not dropped. ``tools/bench_loss.py`` is the command-line wrapper.
 
 Impls: ``fused`` and ``reference`` (supcon_fast), ``reference_compiled`` (``torch.compile`` of the
 reference), ``pml`` (pytorch-metric-learning's ``SupConLoss``, when installed).
+
+Queue cases (``queue`` = K > 0): the n current views contrast against themselves plus a
+``ContrastQueue`` of K random unit rows (``supcon_loss(..., queue=q)``, impl ``fused`` or ``reference``,
+the materialized one). The queue is made before the memory baseline: its own storage is not counted.
 """
 from __future__ import annotations
 
@@ -22,6 +27,27 @@ from ..provenance import git_commit, machine_info, utc_now
 
 IMPLS = ("fused", "reference", "reference_compiled", "pml")
 DTYPES = {"fp64": "float64", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+QUEUE_IMPLS = ("fused", "reference")
+
+
+def random_queue(size: int, dim: int, *, dtype, device, num_classes: int = 1000, seed: int = 1, chunk: int = 1024):
+    """A full ``ContrastQueue`` of ``size`` random unit rows with random labels.
+
+    Filled ``chunk`` rows at a time, so that no whole-queue temporary is made (on CPU the baseline
+    also resets the peak; where it cannot, a temporary's peak would hide that much of the loss's).
+    """
+    import torch
+    from supcon_fast import ContrastQueue
+    q = ContrastQueue(size, dim, dtype=dtype, device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    for start in range(0, size, chunk):
+        n = min(chunk, size - start)
+        rows = torch.randn(n, 1, dim, device=device, generator=g)
+        q.push(rows.div_(rows.norm(dim=-1, keepdim=True)),
+               torch.randint(0, num_classes, (n,), device=device, generator=g))
+    return q
 
 
 def _make_loss_fn(impl: str, temperature: float):
@@ -42,6 +68,67 @@ def _make_loss_fn(impl: str, temperature: float):
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
+def _make_queue_loss_fn(impl: str, temperature: float):
+    """``fn(features, labels, queue)`` through ``supcon_loss``: ``fused`` or the materialized ``reference``."""
+    from supcon_fast import supcon_loss
+    if impl not in QUEUE_IMPLS:
+        raise ValueError(f"impl: the queue cases run {QUEUE_IMPLS}, got {impl!r}")
+    return lambda f, y, q: supcon_loss(f, y, temperature=temperature, impl=impl, queue=q)
+
+
+def _case_loss(case: dict, dtype):
+    """(fn(features, labels, queue), make_queue(rows) -> ContrastQueue or None) of a case."""
+    k, temperature = case.get("queue") or 0, case.get("temperature", 0.07)
+    if k:
+        fn = _make_queue_loss_fn(case["impl"], temperature)
+    else:
+        plain = _make_loss_fn(case["impl"], temperature)
+        fn = lambda f, y, q: plain(f, y)  # noqa: E731
+
+    def make_queue(rows):
+        return random_queue(rows, case["dim"], dtype=dtype, device=case["device"],
+                            num_classes=case.get("classes", 1000)) if k else None
+    return fn, make_queue
+
+
+def _rss_status(key: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes (/proc/self/status)."""
+    with open("/proc/self/status") as fh:
+        line = next(ln for ln in fh if ln.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def _memory_baseline(case: dict) -> tuple[int, int | None]:
+    """(baseline bytes, slack): CUDA allocated memory, or the CPU RSS now with its high-water mark reset.
+
+    Not ``ru_maxrss``: a child process inherits its parent's peak RSS there (the kernel carries it over
+    exec), which would hide any loss peak below the parent's size. ``slack``: how far the CPU peak still
+    lies above the RSS now (0 when the reset worked); a loss peak below it would not show.
+    """
+    import torch
+    if case["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated(), None
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")                  # 5: reset the peak RSS to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass                               # then the slack says how much may be hidden
+    base = _rss_status("VmRSS")
+    if case.get("mem_limit_bytes"):  # an OOM becomes a MemoryError here, not the machine's problem
+        with open("/proc/self/statm") as fh:
+            vms = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (vms + case["mem_limit_bytes"], resource.RLIM_INFINITY))
+    return base, max(0, _rss_status("VmHWM") - base)
+
+
+def _peak_above(case: dict, base: int) -> int:
+    import torch
+    if case["device"] == "cuda":
+        return torch.cuda.max_memory_allocated() - base
+    return max(0, _rss_status("VmHWM") - base)
+
+
 def run_case(case: dict) -> dict:
     """Runs one case in this process (call it in a fresh one). Returns the record without metadata."""
     import torch
@@ -49,7 +136,7 @@ def run_case(case: dict) -> dict:
     dtype = getattr(torch, DTYPES[case["dtype"]])
     if case.get("threads"):
         torch.set_num_threads(case["threads"])
-    fn = _make_loss_fn(case["impl"], case.get("temperature", 0.07))
+    fn, make_queue = _case_loss(case, dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def inputs(views):
@@ -59,51 +146,41 @@ def run_case(case: dict) -> dict:
         y = torch.randint(0, case.get("classes", 1000), (views // 2,), device=device, generator=g)
         return f, y
 
-    def fwd_bwd(f, y):
+    def fwd_bwd(f, y, q):
         f.grad = None
-        loss = fn(f, y)
+        loss = fn(f, y, q)
         loss.backward()
         sync()
         return loss
 
-    fwd_bwd(*inputs(64))  # load code paths (and compile) before the memory baseline
+    fwd_bwd(*inputs(64), make_queue(64))  # load code paths (and compile) before the memory baseline
     f, y = inputs(n)
+    q = make_queue(case.get("queue") or 0)  # before the baseline: the queue's storage is not the loss's memory
     sync()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        if case.get("mem_limit_bytes"):  # an OOM becomes a MemoryError here, not the machine's problem
-            with open("/proc/self/statm") as fh:
-                vms = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-            resource.setrlimit(resource.RLIMIT_AS, (vms + case["mem_limit_bytes"], resource.RLIM_INFINITY))
+    base, slack = _memory_baseline(case)
     t0 = time.perf_counter()
-    loss = fwd_bwd(f, y)  # first full-size call: warm-up, and the memory peak
+    loss = fwd_bwd(f, y, q)  # first full-size call: warm-up, and the memory peak
     first_s = time.perf_counter() - t0
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    peak = _peak_above(case, base)
     repeats = max(1, min(case.get("repeats", 5), int(case.get("time_budget_s", 60) // max(first_s, 1e-6))))
     for _ in range(case.get("warmup", 1) - 1):
-        fwd_bwd(f, y)
+        fwd_bwd(f, y, q)
     times = []
     for _ in range(repeats):
         if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fwd_bwd(f, y)
+            fwd_bwd(f, y, q)
             end.record()
             sync()
             times.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
-            fwd_bwd(f, y)
+            fwd_bwd(f, y, q)
             times.append((time.perf_counter() - t0) * 1e3)
     return {"status": "ok", "fwd_bwd_ms": statistics.median(times), "fwd_bwd_ms_min": min(times),
             "fwd_bwd_ms_max": max(times), "repeats": len(times), "peak_mem_bytes": int(peak),
-            "loss": float(loss)}
+            "baseline_slack_bytes": slack, "loss": float(loss)}
 
 
 def run_case_subprocess(case: dict, timeout_s: float) -> dict:
@@ -126,8 +203,9 @@ def run_case_subprocess(case: dict, timeout_s: float) -> dict:
 
 
 def run_benchmark(ns, dims, dtypes, impls, device="cpu", repeats=5, timeout_s=600.0, mem_limit_gb=None,
-                  threads=None, temperature=0.07, progress=print) -> list[dict]:
-    """All cases, one subprocess each; returns the JSON records."""
+                  threads=None, temperature=0.07, queues=None, progress=print) -> list[dict]:
+    """All cases, one subprocess each; returns the JSON records. ``queues``: K values (queue rows) to
+    contrast each n against (None: no queue); a record's ``queue`` is its K (0: none)."""
     import torch
     records = []
     meta = {"torch": torch.__version__, "commit": git_commit(), "date": utc_now(), "machine": machine_info(device)}
@@ -137,25 +215,35 @@ def run_benchmark(ns, dims, dtypes, impls, device="cpu", repeats=5, timeout_s=60
         for dtype in dtypes:
             failed_at = {}  # impl -> the first size it ran out of memory or time at
             for n in sorted(ns):
-                for impl in impls:
-                    case = {"impl": impl, "device": device, "dtype": dtype, "n": n, "dim": dim,
-                            "repeats": repeats, "threads": threads, "temperature": temperature,
-                            "time_budget_s": timeout_s / 4,
-                            "mem_limit_bytes": int(mem_limit_gb * 2**30) if mem_limit_gb else None}
-                    if impl == "pml" and not _has_pml():
-                        result = {"status": "skipped", "note": "pytorch-metric-learning is not installed"}
-                    elif impl in failed_at:
-                        prev = failed_at[impl]
-                        result = {"status": prev["status"], "note": f"not run: already {prev['status']} at n={prev['n']}"}
-                    else:
-                        result = run_case_subprocess(case, timeout_s)
-                        if result["status"] in ("oom", "timeout"):
-                            failed_at[impl] = {"status": result["status"], "n": n}
-                    rec = {"impl": impl, "device": device, "device_name": device_name, "dtype": dtype, "n": n,
-                           "dim": dim, "fwd_bwd_ms": None, "peak_mem_bytes": None, **result, **meta}
-                    records.append(rec)
-                    progress(_describe(rec))
+                for k in sorted(queues or [0]):
+                    for impl in impls:
+                        case = {"impl": impl, "device": device, "dtype": dtype, "n": n, "dim": dim, "queue": k,
+                                "repeats": repeats, "threads": threads, "temperature": temperature,
+                                "time_budget_s": timeout_s / 4,
+                                "mem_limit_bytes": int(mem_limit_gb * 2**30) if mem_limit_gb else None}
+                        result = _run_or_skip(case, failed_at, timeout_s)
+                        rec = {"impl": impl, "device": device, "device_name": device_name, "dtype": dtype, "n": n,
+                               "dim": dim, "queue": k, "threads": threads, "fwd_bwd_ms": None, "peak_mem_bytes": None,
+                               **result, **meta}
+                        records.append(rec)
+                        progress(_describe(rec))
     return records
+
+
+def _run_or_skip(case: dict, failed_at: dict, timeout_s: float) -> dict:
+    """The case's result; skipped where the impl cannot run it or already failed at a smaller size."""
+    impl, size = case["impl"], f"n={case['n']}" + (f" queue={case['queue']}" if case["queue"] else "")
+    if impl == "pml" and not _has_pml():
+        return {"status": "skipped", "note": "pytorch-metric-learning is not installed"}
+    if case["queue"] and impl not in QUEUE_IMPLS:
+        return {"status": "skipped", "note": f"{impl} takes no queue"}
+    if impl in failed_at:
+        prev = failed_at[impl]
+        return {"status": prev["status"], "note": f"not run: already {prev['status']} at {prev['size']}"}
+    result = run_case_subprocess(case, timeout_s)
+    if result["status"] in ("oom", "timeout"):
+        failed_at[impl] = {"status": result["status"], "size": size}
+    return result
 
 
 def _has_pml() -> bool:
@@ -165,34 +253,43 @@ def _has_pml() -> bool:
 
 def _describe(rec: dict) -> str:
     head = f"{rec['impl']:>18} {rec['device']} {rec['dtype']} n={rec['n']:>8} d={rec['dim']}"
+    if rec.get("queue"):
+        head += f" queue={rec['queue']:>7}"
     if rec["status"] != "ok":
         return f"{head}  {rec['status'].upper()}  {rec.get('note', '')}"
     return f"{head}  {rec['fwd_bwd_ms']:10.1f} ms  peak {rec['peak_mem_bytes'] / 2**20:9.1f} MiB"
 
 
 def plot(records: list[dict], path: str) -> None:
-    """Time and memory against N, log-log, one line per (impl, dtype); failed cases marked on the axis."""
+    """Time and memory against N, log-log, one line per (impl, dtype); failed cases marked on the axis.
+    With queue records: against K (queue rows), one line per (impl, dtype, M current views)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    queued = any(r.get("queue") for r in records)
+    if queued:
+        records = [r for r in records if r.get("queue")]
+    x = "queue" if queued else "n"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    keys = sorted({(r["impl"], r["dtype"], r["dim"]) for r in records})
-    for impl, dtype, dim in keys:
-        rows = sorted((r for r in records if (r["impl"], r["dtype"], r["dim"]) == (impl, dtype, dim)), key=lambda r: r["n"])
+    keys = sorted({_series(r, queued) for r in records})
+    for key in keys:
+        rows = sorted((r for r in records if _series(r, queued) == key), key=lambda r: r[x])
         ok = [r for r in rows if r["status"] == "ok"]
         failed = [r for r in rows if r["status"] in ("oom", "timeout")]
-        label = f"{impl} {dtype}" + (f" d={dim}" if len({k[2] for k in keys}) > 1 else "")
-        for ax, key, scale in ((axes[0], "fwd_bwd_ms", 1.0), (axes[1], "peak_mem_bytes", 1 / 2**20)):
+        label = f"{key[0]} {key[1]}" + (f" d={key[2]}" if len({k[2] for k in keys}) > 1 else "")
+        label += f" M={key[3]}" if queued else ""
+        for ax, col, scale in ((axes[0], "fwd_bwd_ms", 1.0), (axes[1], "peak_mem_bytes", 1 / 2**20)):
             if ok:
-                line, = ax.plot([r["n"] for r in ok], [max(r[key] * scale, 1e-3) for r in ok], "o-", label=label)
+                line, = ax.plot([r[x] for r in ok], [max(r[col] * scale, 1e-3) for r in ok], "o-", label=label)
                 if failed:
-                    ax.plot([r["n"] for r in failed], [max(r[key] * scale, 1e-3) for r in [ok[-1]] * len(failed)], "x",
+                    ax.plot([r[x] for r in failed], [max(r[col] * scale, 1e-3) for r in [ok[-1]] * len(failed)], "x",
                             color=line.get_color(), markersize=10)
     dev = records[0]["device_name"] if records else ""
-    axes[0].set(xscale="log", yscale="log", xlabel="N (views in the contrast set)", ylabel="forward+backward (ms)",
+    xlabel = "K (queue rows; M current views)" if queued else "N (views in the contrast set)"
+    axes[0].set(xscale="log", yscale="log", xlabel=xlabel, ylabel="forward+backward (ms)",
                 title=f"SupCon loss time ({dev})")
-    axes[1].set(xscale="log", yscale="log", xlabel="N (views in the contrast set)", ylabel="loss-attributable peak (MiB)",
-                title="memory  (x: out of memory / time at that N)")
+    axes[1].set(xscale="log", yscale="log", xlabel=xlabel, ylabel="loss-attributable peak (MiB)",
+                title="memory  (x: out of memory / time at that size)")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -201,20 +298,27 @@ def plot(records: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _series(rec: dict, queued: bool) -> tuple:
+    """A plot line: (impl, dtype, dim), and the current views M of queue cases."""
+    return (rec["impl"], rec["dtype"], rec["dim"]) + ((rec["n"],) if queued else ())
+
+
 def markdown_table(records: list[dict]) -> str:
-    """A Markdown table: one row per (dtype, dim, n), one time / memory column pair per impl."""
+    """A Markdown table: one row per (dtype, dim, n[, queue K]), one time / memory column pair per impl."""
     impls = [i for i in IMPLS if any(r["impl"] == i for r in records)]
-    head = "| dtype | N | " + " | ".join(f"{i} ms | {i} MiB" for i in impls) + " |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(impls))]
-    for dtype, dim, n in sorted({(r["dtype"], r["dim"], r["n"]) for r in records}):
+    queued = any(r.get("queue") for r in records)
+    head = "| dtype | N | " + ("K | " if queued else "") + " | ".join(f"{i} ms | {i} MiB" for i in impls) + " |"
+    lines = [head, "|" + "---|" * (2 + queued + 2 * len(impls))]
+    for dtype, dim, n, k in sorted({(r["dtype"], r["dim"], r["n"], r.get("queue", 0)) for r in records}):
         cells = []
         for impl in impls:
-            r = next((r for r in records if (r["impl"], r["dtype"], r["dim"], r["n"]) == (impl, dtype, dim, n)), None)
+            r = next((r for r in records if (r["impl"], r["dtype"], r["dim"], r["n"], r.get("queue", 0))
+                      == (impl, dtype, dim, n, k)), None)
             if r is None or r["status"] != "ok":
                 cells += [r["status"] if r else "-", "-"]
             else:
                 cells += [f"{r['fwd_bwd_ms']:.1f}", f"{r['peak_mem_bytes'] / 2**20:.1f}"]
-        lines.append(f"| {dtype} | {n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {dtype} | {n} | " + (f"{k} | " if queued else "") + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

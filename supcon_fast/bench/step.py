@@ -12,11 +12,14 @@ the real objects. Marks, in the order one step passes them:
     loss             loss forward + loss backward           (with the gather under torchrun)
     backward         the rest of backward                   (head and encoder, DDP's all-reduce)
     optimizer        optimizer.step
+    queue_feed       optimizer done .. step returns         (--queue: the momentum update, the key
+                                                             forward and the push; else ~0)
 
-so ``step`` (data ready .. optimizer done) is exactly the sum of the phases after data_wait. On GPU the
+so ``step`` (data ready .. step returns) is exactly the sum of the phases after data_wait. On GPU the
 marks are CUDA events on the current stream; on CPU, ``perf_counter``. ``--contrast-n N`` makes the
 loss contrast the local views against N views (the local ones plus fixed stand-ins for other ranks'),
-as one rank of a large multi-GPU job does.
+as one rank of a large multi-GPU job does. ``--queue K`` adds a ``ContrastQueue`` of K rows to the loss
+(full of random unit rows before the timed steps), fed after each step as the trainer feeds it.
 """
 from __future__ import annotations
 
@@ -31,12 +34,15 @@ from ..loss import anchor_block_terms, masked_mean
 from ..models import build_model
 from ..reference import flatten_views
 from ..engine.losses import make_criterion
+from ..engine.momentum import MomentumEncoder, QueueFeeder
 from ..data.memory import SyntheticLoader
 from ..engine.optim import WarmupCosine, build_optimizer
 from ..engine.precision import amp_dtype, dtype_name, grad_scaler, resolve_loss_dtype
 from ..engine.step import TrainStep
+from .loss import random_queue
 
-PHASES = ("data_wait", "encoder_forward", "head", "loss", "backward", "optimizer")
+PHASES = ("data_wait", "encoder_forward", "head", "loss", "backward", "optimizer", "queue_feed")
+FEAT_DIM = 128
 
 
 class Clock:
@@ -69,7 +75,8 @@ def phases_ms(c: Clock) -> dict[str, float]:
         "loss": c.ms("loss_start", "loss_fwd_end") + c.ms("bwd_start", "loss_bwd_end"),
         "backward": c.ms("loss_fwd_end", "bwd_start") + c.ms("loss_bwd_end", "opt_start"),
         "optimizer": c.ms("opt_start", "opt_end"),
-        "step": c.ms("data", "opt_end"),
+        "queue_feed": c.ms("opt_end", "feed_end"),
+        "step": c.ms("data", "feed_end"),
     }
 
 
@@ -103,6 +110,22 @@ def stand_in_contrast_criterion(criterion_kwargs: dict, contrast_n: int, num_cla
     return criterion
 
 
+def criterion_and_feeder(model, loss: str, kwargs: dict, *, contrast_n, queue: int, queue_momentum: float,
+                         num_classes: int, amp, loss_dtype, device):
+    """The profiled step's criterion and, with ``queue`` rows, the queue's feeder (engine/momentum.py)
+    over a queue already full of random unit rows (a queue at its steady state)."""
+    feeder = None
+    if loss != "ce" and queue:
+        if contrast_n:
+            raise ValueError("queue: not with contrast_n (the stand-in contrast set takes no queue)")
+        q = random_queue(queue, FEAT_DIM, dtype=loss_dtype, device=device, num_classes=num_classes)
+        feeder = QueueFeeder(q, MomentumEncoder(model, queue_momentum), use_labels=loss == "supcon", amp=amp,
+                             loss_dtype=loss_dtype)
+    if loss != "ce" and contrast_n:
+        return stand_in_contrast_criterion(kwargs, contrast_n, num_classes, device), None
+    return make_criterion(loss, queue=feeder.queue if feeder else None, **kwargs), feeder
+
+
 class _Hooks(contextlib.AbstractContextManager):
     """Puts the clock's marks on the real model, criterion and optimizer; removes them on exit."""
 
@@ -134,58 +157,34 @@ def profile_config(*, loss: str, arch: str, image_size: int, batch_size: int, vi
                    warmup: int, device: torch.device, amp: str = "fp32", loss_dtype: str = "auto",
                    channels_last: bool = False,
                    loss_impl: str = "fused", contrast_n: int | None = None, stem: str = "imagenet", width: int = 64,
-                   num_classes: int = 1000, optimizer: str = "sgd", loader=None, trace_dir: str | None = None) -> dict:
+                   num_classes: int = 1000, optimizer: str = "sgd", loader=None, trace_dir: str | None = None,
+                   queue: int = 0, queue_momentum: float = 0.999) -> dict:
     """Profiles ``steps`` training steps (after ``warmup``) of one configuration; medians and spreads in ms.
 
-    ``amp`` and ``loss_dtype`` resolve as in the trainer (engine/precision.py).
+    ``amp`` and ``loss_dtype`` resolve as in the trainer (engine/precision.py); ``queue`` and
+    ``queue_momentum`` as the trainer's --queue and --queue-momentum (SupCon / SimCLR only).
     """
     torch.manual_seed(0)
-    model = build_model(arch, stem=stem, width=width, head="mlp", feat_dim=128, loss=loss,
+    model = build_model(arch, stem=stem, width=width, head="mlp", feat_dim=FEAT_DIM, loss=loss,
                         num_classes=num_classes, channels_last=channels_last).to(device)
     opt = build_optimizer(model, optimizer, 0.1, weight_decay=1e-4)
     sched = WarmupCosine(opt, total_steps=warmup + steps, warmup_steps=0, peak=0.1)
+    amp_t = amp_dtype(amp, device)
+    loss_t = resolve_loss_dtype(loss_dtype, amp_t, loss)
     kwargs = dict(temperature=0.1, impl="reference" if loss_impl == "reference" else "auto")
-    if loss != "ce" and contrast_n:
-        criterion = stand_in_contrast_criterion(kwargs, contrast_n, num_classes, device)
-    else:
-        criterion = make_criterion(loss, **kwargs)
+    criterion, feeder = criterion_and_feeder(model, loss, kwargs, contrast_n=contrast_n, queue=queue,
+                                             queue_momentum=queue_momentum, num_classes=num_classes, amp=amp_t,
+                                             loss_dtype=loss_t, device=device)
     if loader is None:
         loader = SyntheticLoader(batch_size=batch_size, n_views=views, size=image_size, num_classes=num_classes,
                                  steps=warmup + steps, device=device, channels_last=channels_last)
     clock = Clock(device)
-    amp_t = amp_dtype(amp, device)
-    loss_t = resolve_loss_dtype(loss_dtype, amp_t, loss)
     scaler = grad_scaler(amp_t, loss_t, device)
-    records, peak = [], 0
+    peak = 0
     with _Hooks(clock, model, opt) as hooks:
         step = TrainStep(model, hooks.wrap(criterion), opt, sched, loss_kind="ce" if loss == "ce" else "supcon",
-                         amp=amp_t, loss_dtype=loss_t, scaler=scaler)
-        it = iter(loader)
-        prof = None
-        for i in range(warmup + steps):
-            if i == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                if trace_dir:
-                    prof = torch.profiler.profile(on_trace_ready=torch.profiler.tensorboard_trace_handler(trace_dir))
-                    prof.__enter__()
-            clock.mark("start")
-            try:
-                views_, labels = next(it)
-            except StopIteration:
-                it = iter(loader)
-                views_, labels = next(it)
-            views_ = [v.to(device, non_blocking=True) for v in views_]
-            labels = labels.to(device, non_blocking=True)
-            clock.mark("data")
-            step(views_, labels)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                records.append(phases_ms(clock))
-        if prof is not None:
-            prof.__exit__(None, None, None)
+                         amp=amp_t, loss_dtype=loss_t, scaler=scaler, feeder=feeder)
+        records = _timed_steps(step, clock, loader, device=device, warmup=warmup, steps=steps, trace_dir=trace_dir)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     keys = list(PHASES) + ["step"]
@@ -194,20 +193,56 @@ def profile_config(*, loss: str, arch: str, image_size: int, batch_size: int, vi
         "phases_spread_ms": {k: [min(r[k] for r in records), max(r[k] for r in records)] for k in keys},
         "step_ms": statistics.median(r["step"] for r in records),
         "steps": len(records), "images": batch_size, "views": views, "loss_dtype": dtype_name(loss_t),
+        "queue": len(feeder.queue) if feeder else 0,
         "peak_mem_bytes": peak if device.type == "cuda" else None,
     }
 
 
+def _timed_steps(step: TrainStep, clock: Clock, loader, *, device: torch.device, warmup: int, steps: int,
+                 trace_dir: str | None) -> list[dict]:
+    """Runs ``warmup + steps`` steps (the loader restarted when it ends); the phases of the timed ones."""
+    records, prof = [], None
+    it = iter(loader)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            if trace_dir:
+                prof = torch.profiler.profile(on_trace_ready=torch.profiler.tensorboard_trace_handler(trace_dir))
+                prof.__enter__()
+        clock.mark("start")
+        try:
+            views_, labels = next(it)
+        except StopIteration:
+            it = iter(loader)
+            views_, labels = next(it)
+        views_ = [v.to(device, non_blocking=True) for v in views_]
+        labels = labels.to(device, non_blocking=True)
+        clock.mark("data")
+        step(views_, labels)
+        clock.mark("feed_end")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            records.append(phases_ms(clock))
+    if prof is not None:
+        prof.__exit__(None, None, None)
+    return records
+
+
 def profile(*, arch="resnet50", image_size=224, batch_size=64, views=2, steps=10, warmup=3, device="cpu",
             amp="fp32", loss_dtype="auto", channels_last=False, loss_impl="fused", contrast_n=None, stem="imagenet",
-            width=64, num_classes=1000, trace_dir=None, loader_factory=None, progress=print) -> dict:
-    """SupCon (``views`` views of ``batch_size`` images) against CE on the same images and on the same views."""
+            width=64, num_classes=1000, trace_dir=None, loader_factory=None, queue=0, queue_momentum=0.999,
+            progress=print) -> dict:
+    """SupCon (``views`` views of ``batch_size`` images; with a queue of ``queue`` rows) against CE on the
+    same images and on the same views."""
     dev = torch.device(device)
     common = dict(arch=arch, image_size=image_size, steps=steps, warmup=warmup, device=dev, amp=amp,
                   channels_last=channels_last, stem=stem, width=width, num_classes=num_classes)
     runs = {
         "supcon": dict(loss="supcon", batch_size=batch_size, views=views, loss_impl=loss_impl, contrast_n=contrast_n,
-                       loss_dtype=loss_dtype, trace_dir=trace_dir),
+                       loss_dtype=loss_dtype, trace_dir=trace_dir, queue=queue, queue_momentum=queue_momentum),
         "ce_same_images": dict(loss="ce", batch_size=batch_size, views=1),
         "ce_same_views": dict(loss="ce", batch_size=batch_size, views=views),  # every view is a CE sample
     }
@@ -225,7 +260,8 @@ def profile(*, arch="resnet50", image_size=224, batch_size=64, views=2, steps=10
         "config": dict(arch=arch, image_size=image_size, batch_size=batch_size, views=views, steps=steps,
                        warmup=warmup, amp=amp, loss_dtype=sup["loss_dtype"], channels_last=channels_last,
                        loss_impl=loss_impl, contrast_n=contrast_n or batch_size * views, stem=stem, width=width,
-                       data="loader" if loader_factory else "synthetic"),
+                       data="loader" if loader_factory else "synthetic", queue=queue,
+                       queue_momentum=queue_momentum if queue else None),
         "device": str(dev), "device_name": machine_info(dev.type).get("gpu" if dev.type == "cuda" else "cpu"),
         "machine": machine_info(dev.type), "torch": torch.__version__, "commit": git_commit(),
         "date": utc_now(),
@@ -262,7 +298,9 @@ def plot(results: list[dict], path: str) -> None:
                 ax.bar(x, v, bottom=bottom, color=colors[i], width=0.8, label=k if x == 0 else None)
                 bottom += v
             ticks.append(x)
-            labels.append(short[n] + (f"\n{c['arch']} {c['loss_impl']}\nN={c['contrast_n']}" if n == "supcon" else ""))
+            queue = f" K={c['queue']}" if c.get("queue") else ""
+            what = f"\n{c['arch']} {c['loss_impl']}\nN={c['contrast_n']}{queue}"
+            labels.append(short[n] + (what if n == "supcon" else ""))
             x += 1
         x += 0.6
     ax.set_xticks(ticks, labels, fontsize=7)

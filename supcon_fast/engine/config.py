@@ -58,6 +58,10 @@ OPTIONS: dict[str, tuple] = {
     "base_temperature": (None, float, "loss scale T/T_base (default: = temperature)", None),
     "variant": ("out", str, "SupCon variant", ("out", "in")),
     "loss_impl": ("auto", str, "SupCon implementation", ("auto", "fused", "reference")),
+    "queue": (0, int, "a queue of the last K embedding rows (every view) that the loss also contrasts against, "
+              "MoCo-style (supcon / simclr; 0: off)", None),
+    "queue_momentum": (0.999, float, "with --queue: a momentum copy of encoder and head (key = m * key + (1 - m) * "
+                       "online after each step) embeds the rows pushed; 0: the online model's own embeddings", None),
     # optimization
     "epochs": (4, int, "pretraining epochs", None),
     "batch_size": (256, int, "global batch size in images (all ranks together)", None),
@@ -161,7 +165,7 @@ def validate(cfg: dict) -> dict:
                 "linear_batch_size", "eval_batch_size", "knn_k", "max_nonfinite"):
         if out[key] < 1:
             raise ValueError(f"{key}: must be >= 1, got {out[key]}")
-    for key in ("max_steps", "ckpt_every", "linear_epochs", "knn_every", "knn_max_train", "threads"):
+    for key in ("max_steps", "ckpt_every", "linear_epochs", "knn_every", "knn_max_train", "threads", "queue"):
         if out[key] < 0:
             raise ValueError(f"{key}: must be >= 0, got {out[key]}")
     for key in ("lr", "temperature", "linear_lr"):
@@ -172,6 +176,10 @@ def validate(cfg: dict) -> dict:
     resolve_loss_dtype(out["loss_dtype"], None, out["loss"])   # ce takes only auto / fp32: names loss_dtype
     if out["views"] < 2 and out["loss"] != "ce":
         raise ValueError(f"views: contrastive losses need >= 2 views, got {out['views']}")
+    if out["queue"] and out["loss"] not in ("supcon", "simclr"):
+        raise ValueError(f"queue: applies to the contrastive losses (supcon, simclr), not --loss {out['loss']}")
+    if not 0 <= out["queue_momentum"] < 1:
+        raise ValueError(f"queue_momentum: must be in [0, 1), got {out['queue_momentum']}")
     if not 0 < out["crop_min_scale"] <= 1:
         raise ValueError(f"crop_min_scale: must be in (0, 1], got {out['crop_min_scale']}")
     if not 0 <= out["linear_holdout"] < 1:

@@ -9,7 +9,7 @@ from ..loss import supcon_loss
 
 
 def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: float | None = None,
-                   variant: str = "out", impl: str = "auto", gather: bool = False):
+                   variant: str = "out", impl: str = "auto", gather: bool = False, queue=None):
     """Return ``criterion(out, labels) -> scalar loss``.
 
     supcon / simclr: ``out`` is L2-normalized embeddings [bsz, n_views, dim]; simclr ignores labels.
@@ -17,7 +17,11 @@ def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: flo
     The loss runs in the dtype of ``out``: the training step (engine/step.py) chooses it by the one
     precision policy (engine/precision.py), fp32 for ce.
     ``gather=True`` contrasts against the global batch under torch.distributed (world size > 1).
+    ``queue``: a ``ContrastQueue`` whose rows the loss also contrasts against (supcon / simclr only);
+    the training step pushes into it (engine/momentum.py).
     """
+    if loss == "ce" and queue is not None:
+        raise ValueError("queue: applies to the contrastive losses (supcon, simclr), not --loss ce")
     if loss == "ce":
         def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             n_views = logits.shape[0] // labels.shape[0]
@@ -27,6 +31,8 @@ def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: flo
         raise ValueError(f"loss: unknown {loss!r}; choose supcon, simclr or ce")
     kwargs = dict(temperature=temperature, base_temperature=base_temperature, variant=variant,
                   contrast_mode="all", impl=impl, gather=gather)
+    if queue is not None:   # only then: the loss without a queue takes no queue argument at all
+        kwargs["queue"] = queue
 
     def supcon(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return supcon_loss(features, None if loss == "simclr" else labels, **kwargs)

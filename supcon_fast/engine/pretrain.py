@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import checkpoint as ckpt, precision
 from .features import extract, knn_accuracy
 from .losses import make_criterion
+from .momentum import build_feeder
 from .optim import WarmupCosine, build_optimizer
 from .runtime import Runtime, barrier
 from .step import TrainStep
@@ -57,7 +58,7 @@ def build_pretrain_model(cfg: dict, num_classes: int, rt: Runtime) -> torch.nn.M
 _MUST_MATCH = ("arch", "stem", "width", "head", "feat_dim", "loss", "optimizer")
 # these may change, but then the run no longer continues the original one exactly
 _SHOULD_MATCH = ("batch_size", "views", "size", "epochs", "lr", "seed", "data", "temperature", "policy",
-                 "loss_dtype")
+                 "loss_dtype", "queue", "queue_momentum")
 
 
 def _check_resume_config(saved: dict, cfg: dict, logger) -> None:
@@ -106,6 +107,8 @@ class Pretraining:
         self.max_steps = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
         self.amp, self.loss_dtype = precision.resolve(cfg, rt.device)
         self.scaler = precision.grad_scaler(self.amp, self.loss_dtype, rt.device)
+        # --queue: the loss's queue and what feeds it after each step (None when off)
+        self.feeder = build_feeder(cfg, self.raw, rt.device, amp=self.amp, loss_dtype=self.loss_dtype)
         self.progress = Progress()
         self.status = "done"
 
@@ -126,6 +129,7 @@ class Pretraining:
         p.best_knn = state.get("best_knn", -1.0)
         ckpt.set_rng_state(state["rng"])
         self._restore_loader(state.get("loader") or [])
+        self._restore_queue(state)
         self.logger.info(f"resumed from {path}: epoch {p.epoch}, step {p.step} ({p.in_epoch} into the epoch)")
 
     def _restore_loader(self, states: list) -> None:
@@ -138,6 +142,24 @@ class Pretraining:
         elif p.in_epoch:
             train.set_epoch(p.epoch)
             train.skip_batches(p.in_epoch)
+
+    def _restore_queue(self, state: dict) -> None:
+        """The queue and the momentum copy. A checkpoint without a queue (or of another size) starts an
+        empty one, and without a momentum copy it starts from the online weights."""
+        if self.feeder is None:
+            return
+        saved, queue = state.get("queue"), self.feeder.queue
+        if saved is not None and saved["size"] == queue.size:
+            queue.load_state_dict(saved)
+        else:
+            self.logger.info(f"warning: the checkpoint holds no queue of {queue.size} rows; it starts empty")
+        self.feeder.encoder.load_state_dict(state.get("momentum_model"))
+
+    def _queue_state(self) -> dict:
+        """The checkpoint's queue entries (none without --queue)."""
+        if self.feeder is None:
+            return {}
+        return {"queue": self.feeder.queue.state_dict(), "momentum_model": self.feeder.encoder.state_dict()}
 
     def save(self, name: str, epoch: int, in_epoch: int) -> None:
         """Called on every rank (the loader states of all ranks are collected); rank 0 writes."""
@@ -152,7 +174,8 @@ class Pretraining:
                      "scaler": self.scaler.state_dict() if self.scaler else None,
                      "epoch": epoch, "step": p.step, "step_in_epoch": in_epoch, "best_knn": p.best_knn,
                      "rng": ckpt.rng_state(), "config": dict(self.cfg), "num_classes": self.loaders.num_classes,
-                     "loader": loader_states}       # one per rank: each rank's own reader position
+                     "loader": loader_states,       # one per rank: each rank's own reader position
+                     **self._queue_state()}
             ckpt.save_atomic(state, self.out_dir / name)
         barrier()
 
@@ -162,12 +185,16 @@ class Pretraining:
         if self.rt.distributed:
             model = DDP(model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None,
                         broadcast_buffers=False)
+            if self.feeder is not None:
+                self.feeder.encoder.broadcast()   # rank 0's copy, as DDP gave every rank rank 0's weights
         if cfg["compile"]:
             model = torch.compile(model)
+        queue = self.feeder.queue if self.feeder else None
         criterion = make_criterion(cfg["loss"], temperature=cfg["temperature"], base_temperature=cfg["base_temperature"],
-                                   variant=cfg["variant"], impl=cfg["loss_impl"], gather=self.rt.distributed)
+                                   variant=cfg["variant"], impl=cfg["loss_impl"], gather=self.rt.distributed,
+                                   queue=queue)
         return TrainStep(model, criterion, self.optimizer, self.scheduler, loss_kind=cfg["loss"], amp=self.amp,
-                         loss_dtype=self.loss_dtype, scaler=self.scaler)
+                         loss_dtype=self.loss_dtype, scaler=self.scaler, feeder=self.feeder)
 
     def run(self, on_step=None) -> dict:
         """Pretrain to the end (or ``--max-steps``, or a signal). ``on_step(step, loss)`` is called after

@@ -3,8 +3,9 @@
 The summary and metrics.jsonl (a ``"run"`` record at the start, a ``"summary"`` record at the end)
 say what actually ran, not what was asked for: the device, the network's autocast dtype (``amp``;
 ``float32`` when autocast is off) and the loss input dtype, the dataset (its kind, absolute root and
-numbers of train / val images) and the data backend the loaders report (``torch`` when
-``--backend auto`` fell back from DALI).
+numbers of train / val images), the data backend the loaders report (``torch`` when
+``--backend auto`` fell back from DALI), and the queue (``queue`` rows, 0: none; ``queue_momentum``,
+None without a queue).
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def run_info(cfg: dict, rt: Runtime, loaders: Loaders) -> dict:
     if rt.device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(rt.device)
     info.update(amp=dtype_name(amp or torch.float32), loss_dtype=dtype_name(loss_dtype), **loaders.describe())
+    # the queue as it runs: its momentum only matters with a queue
+    queue = cfg.get("queue", 0)
+    info.update(queue=queue, queue_momentum=cfg.get("queue_momentum") if queue else None)
     info["commit"] = git_commit()  # at the start: the code this process loaded, not the checkout's later HEAD
     return info
 

@@ -45,6 +45,8 @@ def test_saved_config_round_trips(tmp_path):
     (["--queue", "64", "--loss", "ce"], "queue: applies to the contrastive losses"),
     (["--queue-momentum", "1"], "queue_momentum"),
     (["--queue-momentum", "-0.5"], "queue_momentum"),
+    (["--positives-cap", "3"], "positives_cap: must be -1 \\(no cap\\) or a multiple of views = 2"),
+    (["--positives-cap", "-2"], "positives_cap"),
 ])
 def test_bad_values_name_the_option(argv, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -57,6 +59,13 @@ def test_queue_options():
     cfg = config.resolve(["--queue", "4096", "--queue-momentum", "0", "--loss", "simclr"])
     assert (cfg["queue"], cfg["queue_momentum"]) == (4096, 0.0)
     assert config.resolve(["--loss", "ce", "--queue", "0"])["queue"] == 0
+
+
+def test_loss_options():
+    cfg = config.resolve([])
+    assert (cfg["denominator"], cfg["positives_cap"]) == ("all", -1)
+    cfg = config.resolve(["--denominator", "one_positive", "--positives-cap", "4"])
+    assert (cfg["denominator"], cfg["positives_cap"]) == ("one_positive", 4)
 
 
 def test_bad_yaml_key_and_type(tmp_path):

@@ -52,6 +52,21 @@ def test_each_loss_end_to_end(tiny_data, tmp_path, loss):
     for rec in (recs[0], recs[-1]):
         assert {k: rec[k] for k in facts} == facts
     assert recs[0]["kind"] == "run" and recs[0]["backend_requested"] == "auto" and recs[-1]["kind"] == "summary"
+    if loss != "ce":
+        assert (res["denominator"], res["positives_cap"], res["loss_path"]) == ("all", -1, "fused")
+
+
+def test_official_loss_options_train_and_are_reported(tiny_data, tmp_path, monkeypatch):
+    """--denominator / --positives-cap reach the loss (a spy on supcon_loss) and the summary says so."""
+    import supcon_fast.engine.losses as losses_mod
+    seen = []
+    real = losses_mod.supcon_loss
+    monkeypatch.setattr(losses_mod, "supcon_loss", lambda *a, **k: seen.append(k) or real(*a, **k))
+    res = run(config.resolve(tiny_argv(tiny_data, tmp_path, max_steps=2, linear_epochs=1, knn_every=0)
+                             + ["--denominator", "one_positive", "--positives-cap", "2"]))
+    assert res["status"] == "done" and res["steps"] == 2
+    assert (res["denominator"], res["positives_cap"], res["loss_path"]) == ("one_positive", 2, "fused")
+    assert seen and all(k["denominator"] == "one_positive" and k["positives_cap"] == 2 for k in seen)
 
 
 @pytest.mark.parametrize("requested,backend", [("auto", "torch"), ("torch", "torch"), ("memory", "memory")])

@@ -58,6 +58,10 @@ OPTIONS: dict[str, tuple] = {
     "base_temperature": (None, float, "loss scale T/T_base (default: = temperature)", None),
     "variant": ("out", str, "SupCon variant", ("out", "in")),
     "loss_impl": ("auto", str, "SupCon implementation", ("auto", "fused", "reference")),
+    "denominator": ("all", str, "which positives share an anchor's denominator with its negatives: all, each one "
+                    "alone, none (the official SupCon implementation's modes)", ("all", "one_positive", "only_negatives")),
+    "positives_cap": (-1, int, "at most this many positive views per anchor besides its own views (a multiple of "
+                      "--views; the first same-class samples in batch order); -1: no cap", None),
     "queue": (0, int, "a queue of the last K embedding rows (every view) that the loss also contrasts against, "
               "MoCo-style (supcon / simclr; 0: off)", None),
     "queue_momentum": (0.999, float, "with --queue: a momentum copy of encoder and head (key = m * key + (1 - m) * "
@@ -176,6 +180,9 @@ def validate(cfg: dict) -> dict:
     resolve_loss_dtype(out["loss_dtype"], None, out["loss"])   # ce takes only auto / fp32: names loss_dtype
     if out["views"] < 2 and out["loss"] != "ce":
         raise ValueError(f"views: contrastive losses need >= 2 views, got {out['views']}")
+    if out["positives_cap"] < -1 or out["positives_cap"] >= 0 and out["positives_cap"] % out["views"]:
+        raise ValueError(f"positives_cap: must be -1 (no cap) or a multiple of views = {out['views']}, "
+                         f"got {out['positives_cap']}")
     if out["queue"] and out["loss"] not in ("supcon", "simclr"):
         raise ValueError(f"queue: applies to the contrastive losses (supcon, simclr), not --loss {out['loss']}")
     if not 0 <= out["queue_momentum"] < 1:

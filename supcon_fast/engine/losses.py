@@ -9,7 +9,8 @@ from ..loss import supcon_loss
 
 
 def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: float | None = None,
-                   variant: str = "out", impl: str = "auto", gather: bool = False, queue=None):
+                   variant: str = "out", impl: str = "auto", gather: bool = False, queue=None,
+                   denominator: str = "all", positives_cap: int = -1):
     """Return ``criterion(out, labels) -> scalar loss``.
 
     supcon / simclr: ``out`` is L2-normalized embeddings [bsz, n_views, dim]; simclr ignores labels.
@@ -17,6 +18,7 @@ def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: flo
     The loss runs in the dtype of ``out``: the training step (engine/step.py) chooses it by the one
     precision policy (engine/precision.py), fp32 for ce.
     ``gather=True`` contrasts against the global batch under torch.distributed (world size > 1).
+    ``denominator`` / ``positives_cap``: the official implementation's options (supcon_loss).
     ``queue``: a ``ContrastQueue`` whose rows the loss also contrasts against (supcon / simclr only);
     the training step pushes into it (engine/momentum.py).
     """
@@ -33,6 +35,8 @@ def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: flo
                   contrast_mode="all", impl=impl, gather=gather)
     if queue is not None:   # only then: the loss without a queue takes no queue argument at all
         kwargs["queue"] = queue
+    if denominator != "all" or positives_cap >= 0:   # likewise: the default call stays today's
+        kwargs.update(denominator=denominator, positives_cap=positives_cap)
 
     def supcon(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return supcon_loss(features, None if loss == "simclr" else labels, **kwargs)

@@ -58,7 +58,7 @@ def build_pretrain_model(cfg: dict, num_classes: int, rt: Runtime) -> torch.nn.M
 _MUST_MATCH = ("arch", "stem", "width", "head", "feat_dim", "loss", "optimizer")
 # these may change, but then the run no longer continues the original one exactly
 _SHOULD_MATCH = ("batch_size", "views", "size", "epochs", "lr", "seed", "data", "temperature", "policy",
-                 "loss_dtype", "queue", "queue_momentum")
+                 "loss_dtype", "queue", "queue_momentum", "denominator", "positives_cap")
 
 
 def _check_resume_config(saved: dict, cfg: dict, logger) -> None:
@@ -192,7 +192,7 @@ class Pretraining:
         queue = self.feeder.queue if self.feeder else None
         criterion = make_criterion(cfg["loss"], temperature=cfg["temperature"], base_temperature=cfg["base_temperature"],
                                    variant=cfg["variant"], impl=cfg["loss_impl"], gather=self.rt.distributed,
-                                   queue=queue)
+                                   queue=queue, denominator=cfg["denominator"], positives_cap=cfg["positives_cap"])
         return TrainStep(model, criterion, self.optimizer, self.scheduler, loss_kind=cfg["loss"], amp=self.amp,
                          loss_dtype=self.loss_dtype, scaler=self.scaler, feeder=self.feeder)
 

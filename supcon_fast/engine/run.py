@@ -4,8 +4,9 @@ The summary and metrics.jsonl (a ``"run"`` record at the start, a ``"summary"`` 
 say what actually ran, not what was asked for: the device, the network's autocast dtype (``amp``;
 ``float32`` when autocast is off) and the loss input dtype, the dataset (its kind, absolute root and
 numbers of train / val images), the data backend the loaders report (``torch`` when
-``--backend auto`` fell back from DALI), and the queue (``queue`` rows, 0: none; ``queue_momentum``,
-None without a queue).
+``--backend auto`` fell back from DALI), the queue (``queue`` rows, 0: none; ``queue_momentum``,
+None without a queue), and for the contrastive losses the denominator mode, the positives cap and the
+``loss_path`` taken (``fused`` or ``reference``: the CUDA kernels lack the official options).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
+from ..loss import loss_path
 from ..provenance import git_commit, utc_now
 from .data import Loaders, build_loaders, ensure_dataset, skipped_files
 from .linear_eval import linear_eval, topk_accuracy
@@ -40,6 +42,10 @@ def run_info(cfg: dict, rt: Runtime, loaders: Loaders) -> dict:
     # the queue as it runs: its momentum only matters with a queue
     queue = cfg.get("queue", 0)
     info.update(queue=queue, queue_momentum=cfg.get("queue_momentum") if queue else None)
+    if cfg["loss"] != "ce":   # the path the loss takes here: the CUDA kernels lack the official options
+        info.update(denominator=cfg["denominator"], positives_cap=cfg["positives_cap"],
+                    loss_path=loss_path(rt.device, cfg["loss_impl"], denominator=cfg["denominator"],
+                                        positives_cap=cfg["positives_cap"]))
     info["commit"] = git_commit()  # at the start: the code this process loaded, not the checkout's later HEAD
     return info
 

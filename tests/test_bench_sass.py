@@ -174,6 +174,9 @@ def test_branch_rules_read_code_not_comments_or_arguments():
     assert rule("pmax = variant_in ? quad_max(pmax) : pmax;").startswith("variant")
     assert rule("if (p.variant_in && pmn != NEG_INF) {").startswith("variant")
     assert rule("if (zr_chunk != kc) {").startswith("the anchor tile")
+    assert rule("if (interior) {").startswith("interior tile")
+    assert rule("const bool interior = c0 + BN <= p.N && (c0 + BN <= a0 || c0 >= a0 + BM);") is None
+    assert rule("if (vec && full) {").startswith("a full tile")
     src = sass.Sources()
     src._files["/k.cuh"] = ["if (mn != NEG_INF) {  // the same in the 4 lanes of the row"]
     assert src.text((("/k.cuh", 1),)) == "if (mn != NEG_INF) {"

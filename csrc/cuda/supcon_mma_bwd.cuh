@@ -62,6 +62,51 @@ __device__ __forceinline__ float h_term(float s, float g, float lse, float aux, 
   return g * t;
 }
 
+// h_term without branches on g or (for 'out') on same, for the interior tiles: where g is 0 the
+// caller passes lse = +inf and aux = +inf ('in') or 0 ('out'), so that t is exactly 0 and g t = 0, as
+// the skipped term (s is finite). 'out': fma(-m, aux, t) with m = [same] in {0, 1} (shared by the
+// row and the column term): m aux is exact (aux >= 0, finite), so it rounds as t - aux or gives t.
+template <bool VIN>
+__device__ __forceinline__ float h_term_nb(float s, float g, float lse, float aux, bool same, float m) {
+  constexpr float LOG2E = 1.44269504088896341f;
+  float t = ptx::ex2((s - lse) * LOG2E);
+  if constexpr (VIN) {
+    if (same) t -= ptx::ex2((s - aux) * LOG2E);
+  } else {
+    t = fmaf(-m, aux, t);
+  }
+  return g * t;
+}
+
+// H of an interior tile (full, without the diagonal, all 64 rows valid) in the accumulator layout:
+// acc[n][i] is row g + 8 (i >> 1), tile column 8 n + 2 t + (i & 1). Each lane reads its 2 columns
+// of an n8 block (labels, g, lse, aux) once for both rows. hv = (0 + row term) + column term, as the
+// guarded code sums it.
+template <class C, bool VIN>
+__device__ __forceinline__ void mma_h_interior(float (&acc)[C::BN / 8][4], const float* cg, const int64_t* lab,
+                                               const int64_t (&rlab)[2], const float (&rg)[2], const float (&rlse)[2],
+                                               const float (&raux)[2], float inv_t, float hscale) {
+  constexpr int BN = C::BN;
+  const int t4 = threadIdx.x & 3;
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n) {
+    const int c = n * 8 + 2 * t4;
+    const int64_t cl[2] = {lab[c], lab[c + 1]};
+    const float gk[2] = {cg[c], cg[c + 1]}, lk[2] = {cg[BN + c], cg[BN + c + 1]},
+                ak[2] = {cg[2 * BN + c], cg[2 * BN + c + 1]};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = i >> 1, e = i & 1;
+      const float s = acc[n][i] * inv_t;
+      const bool same = cl[e] == rlab[h];
+      const float m = same ? 1.f : 0.f;
+      const float hr = h_term_nb<VIN>(s, rg[h], rlse[h], raux[h], same, m);
+      const float hc = h_term_nb<VIN>(s, gk[e], lk[e], ak[e], same, m);
+      acc[n][i] = ((0.f + hr) + hc) * hscale;
+    }
+  }
+}
+
 template <class C>
 __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParams<C> p) {
   using T = typename C::in_t;
@@ -111,6 +156,17 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
     rlse[h] = anchor ? p.lse[gr[h] - p.offset] : 0.f;
     raux[h] = anchor ? p.aux[gr[h] - p.offset] : 0.f;
   }
+  // The interior tiles' stand-ins where g is 0 (h_term_nb); the guarded code reads lse and aux only
+  // where g != 0, where they are unchanged.
+  const float INF = __int_as_float(0x7f800000u);
+  const bool variant_in = p.variant_in;  // once, not a constant-bank load per use
+  const float inv_t = p.inv_t;
+  const float zaux = variant_in ? INF : 0.f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    rlse[h] = rg[h] != 0.f ? rlse[h] : INF;
+    raux[h] = rg[h] != 0.f ? raux[h] : zaux;
+  }
 
   auto load_cols = [&](int stage, int64_t ct) {
     const int64_t c0 = ct * BN;
@@ -122,9 +178,10 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
       const int64_t gc = col_start + c0 + c;
       const bool valid = c < cols_valid, anchor = valid && gc >= p.offset && gc < a_end;
       lab[c] = valid ? p.labels[gc] : 0;
-      st[c] = anchor ? p.g[gc - p.offset] : 0.f;
-      st[BN + c] = anchor ? p.lse[gc - p.offset] : 0.f;
-      st[2 * BN + c] = anchor ? p.aux[gc - p.offset] : 0.f;
+      const float g = anchor ? p.g[gc - p.offset] : 0.f;
+      st[c] = g;
+      st[BN + c] = g != 0.f ? p.lse[gc - p.offset] : INF;  // stand-ins where g is 0 (h_term_nb)
+      st[2 * BN + c] = g != 0.f ? p.aux[gc - p.offset] : zaux;
     }
   };
 
@@ -152,22 +209,30 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
     const int cols_valid = (int)min((int64_t)BN, ncols - c0);
     const float* cg = cstat(stage);
     const int64_t* lab = clab(stage);
+    // an interior tile (full, no diagonal, every row valid: the common case) runs branch-free
+    const int64_t cc0 = col_start + c0;
+    const bool interior = rows_valid == BM && cols_valid == BN && (cc0 + BN <= r0 || cc0 >= r0 + BM);
+    if (interior) {
+      if (variant_in) mma_h_interior<C, true>(acc, cg, lab, rlab, rg, rlse, raux, inv_t, hscale);
+      else mma_h_interior<C, false>(acc, cg, lab, rlab, rg, rlse, raux, inv_t, hscale);
+    } else {
 #pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
+      for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int h = i >> 1, c = n * 8 + 2 * t4 + (i & 1);
-        const int64_t gc = col_start + c0 + c;
-        float hv = 0.f;
-        if (c < cols_valid && rl[h] < rows_valid && gr[h] != gc) {
-          const float s = acc[n][i] * p.inv_t;
-          const bool same = lab[c] == rlab[h];
-          if (rg[h] != 0.f) hv += h_term(s, rg[h], rlse[h], raux[h], same, p.variant_in);
-          const float gk = cg[c];
-          if (gk != 0.f) hv += h_term(s, gk, cg[BN + c], cg[2 * BN + c], same, p.variant_in);
+        for (int i = 0; i < 4; ++i) {
+          const int h = i >> 1, c = n * 8 + 2 * t4 + (i & 1);
+          const int64_t gc = cc0 + c;
+          float hv = 0.f;
+          if (c < cols_valid && rl[h] < rows_valid && gr[h] != gc) {
+            const float s = acc[n][i] * inv_t;
+            const bool same = lab[c] == rlab[h];
+            if (rg[h] != 0.f) hv += h_term(s, rg[h], rlse[h], raux[h], same, variant_in);
+            const float gk = cg[c];
+            if (gk != 0.f) hv += h_term(s, gk, cg[BN + c], cg[2 * BN + c], same, variant_in);
+          }
+          acc[n][i] = hv * hscale;
         }
-        acc[n][i] = hv * hscale;
-      }
+    }
 
     // out[16 x DP] += H[16 x 64] . Zc[64 x DP]: k16 block kb of H is the accumulator pair (2 kb, 2 kb + 1)
     const int j = lane >> 3, r = lane & 7;
@@ -192,7 +257,7 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
   ptx::cp_async_wait<0>();
 
   // grad rows (or this part's partials): o[n][i] is row g + 8 (i >> 1), column 8 n + 2 t + (i & 1)
-  const float outscale = unscale * p.inv_t;
+  const float outscale = unscale * inv_t;
 #pragma unroll
   for (int n = 0; n < NO; ++n)
 #pragma unroll

@@ -41,6 +41,19 @@ template <class C, int ROWS>
 __device__ __forceinline__ void mma_load_rows(uint16_t* __restrict__ dst, const uint16_t* __restrict__ z, int64_t D,
                                               int64_t row0, int rows_valid, bool vec) {
   constexpr int CPR = C::DP / 8;  // 16-byte chunks per row
+  if constexpr (C::NT % CPR == 0 && ROWS % (C::NT / CPR) == 0) {
+    // each thread copies one chunk column k of every RS-th row: the addresses step by a constant
+    constexpr int RS = C::NT / CPR;
+    const int r = threadIdx.x / CPR, k = (threadIdx.x % CPR) * 8;
+    const bool full = rows_valid == ROWS && k < D;
+    if (vec && full) {
+      const uint16_t* src = z + (row0 + r) * D + k;
+      const int64_t step = RS * D;
+#pragma unroll
+      for (int i = 0; i < ROWS / RS; ++i) ptx::cp_async_16(dst + (r + i * RS) * C::LDZ + k, src + i * step, true);
+      return;
+    }
+  }
   if (vec) {
     for (int idx = threadIdx.x; idx < ROWS * CPR; idx += C::NT) {
       const int r = idx / CPR, k = (idx % CPR) * 8;
@@ -99,54 +112,73 @@ struct RowStats {
   int np;        // positives
 };
 
-// One row's 16 values of this lane in a tile (column c of the tile: 8 n + 2 t + e) into its stats.
-// Every lane of the warp calls it (shuffles inside).
-template <class C>
-__device__ __forceinline__ void mma_row_update(RowStats& st, const float (&acc)[C::BN / 8][4], int h, float scale2,
-                                               int64_t c0, int64_t N, int64_t grow, int64_t ylab,
-                                               const int64_t* clab, bool variant_in) {
+// This lane's two rows' values in a tile (row h: warp row g + 8 h; column c of the tile:
+// 8 n + 2 t + e) into their stats. INTERIOR: a full column tile without the diagonal (every column
+// < N, no anchor row of the block among the columns), so no bounds and diagonal checks. The column
+// labels of the lane's 16 columns are read once for both rows. Every lane of the warp calls it
+// (shuffles inside). Per row, every sum and maximum runs over the columns in the same order
+// whichever path is taken, so the two paths give the same bits on an interior tile.
+template <class C, bool INTERIOR, bool VIN>
+__device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (&acc)[C::BN / 8][4], float scale2,
+                                                int64_t c0, int64_t N, const int64_t (&grow)[2],
+                                                const int64_t (&ylab)[2], const int64_t* clab) {
+  constexpr int K = C::BN / 4;
   const float NEG_INF = __int_as_float(0xff800000u);
   const int t = threadIdx.x & 3;
-  float v[C::BN / 4];  // dot, or -inf off the contrast set
-  bool same[C::BN / 4];
-  float tmax = NEG_INF, pmax = NEG_INF;
+  float v[2][K];          // dot, or -inf off the contrast set
+  bool sm[VIN ? 2 : 1][VIN ? K : 1];  // 'in': the positives, for the second pass
+  float tmax[2] = {NEG_INF, NEG_INF}, pmax[2] = {NEG_INF, NEG_INF};
+  float pcount[2] = {0.f, 0.f};  // 'out': this tile's positives (at most 16: exact), one predicated add each
 #pragma unroll
-  for (int n = 0; n < C::BN / 8; ++n)
+  for (int n = 0; n < C::BN / 8; ++n) {
+    const int64_t lab[2] = {clab[n * 8 + 2 * t], clab[n * 8 + 2 * t + 1]};
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int c = n * 8 + 2 * t + e;
-      const int64_t gc = c0 + c;
-      const bool ok = gc < N && gc != grow;  // a column of z, not the anchor itself
-      v[2 * n + e] = ok ? acc[n][2 * h + e] : NEG_INF;
-      same[2 * n + e] = ok && clab[c] == ylab;
-      tmax = fmaxf(tmax, v[2 * n + e]);
-      if (same[2 * n + e]) pmax = fmaxf(pmax, v[2 * n + e]);
-    }
-  tmax = quad_max(tmax);
-  pmax = variant_in ? quad_max(pmax) : pmax;
-  const float mn = fmaxf(st.m, tmax);
-  if (mn != NEG_INF) {  // the same in the 4 lanes of the row
-    const float mn2 = mn * scale2;
-    float sum = 0.f;
+    for (int e = 0; e < 2; ++e)
 #pragma unroll
-    for (int k = 0; k < C::BN / 4; ++k) sum += ptx::ex2(v[k] * scale2 - mn2);  // exp2(-inf) = 0
-    st.l = st.l * ptx::ex2(st.m * scale2 - mn2) + sum;
-    st.m = mn;
+      for (int h = 0; h < 2; ++h) {
+        const int k = 2 * n + e;
+        const int64_t gc = c0 + n * 8 + 2 * t + e;
+        const bool ok = INTERIOR || (gc < N && gc != grow[h]);  // a column of z, not the anchor itself
+        v[h][k] = ok ? acc[n][2 * h + e] : NEG_INF;
+        const bool same = ok && lab[e] == ylab[h];
+        tmax[h] = fmaxf(tmax[h], v[h][k]);
+        if constexpr (VIN) {
+          sm[h][k] = same;
+          if (same) pmax[h] = fmaxf(pmax[h], v[h][k]);
+        } else if (same) {  // 'out': the positives' count and sum of dots (adding 0 elsewhere changes nothing)
+          pcount[h] += 1.f;
+          st[h].ps += v[h][k];
+        }
+      }
+  }
+  if constexpr (!VIN) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) st[h].np += (int)pcount[h];
   }
 #pragma unroll
-  for (int k = 0; k < C::BN / 4; ++k) st.np += same[k] ? 1 : 0;
-  if (!variant_in) {
+  for (int h = 0; h < 2; ++h) {
+    const float rmax = quad_max(tmax[h]);
+    const float mn = fmaxf(st[h].m, rmax);
+    if (mn != NEG_INF) {  // the same in the 4 lanes of the row
+      const float mn2 = mn * scale2;
+      float sum = 0.f;
 #pragma unroll
-    for (int k = 0; k < C::BN / 4; ++k) st.ps += same[k] ? v[k] : 0.f;
-  } else {
-    const float pmn = fmaxf(st.pm, pmax);
-    if (pmn != NEG_INF) {
-      const float pmn2 = pmn * scale2;
-      float psum = 0.f;
+      for (int k = 0; k < K; ++k) sum += ptx::ex2(v[h][k] * scale2 - mn2);  // exp2(-inf) = 0
+      st[h].l = st[h].l * ptx::ex2(st[h].m * scale2 - mn2) + sum;
+      st[h].m = mn;
+    }
+    if constexpr (VIN) {
+      const float pmn = fmaxf(st[h].pm, quad_max(pmax[h]));
 #pragma unroll
-      for (int k = 0; k < C::BN / 4; ++k) psum += same[k] ? ptx::ex2(v[k] * scale2 - pmn2) : 0.f;
-      st.pl = st.pl * ptx::ex2(st.pm * scale2 - pmn2) + psum;
-      st.pm = pmn;
+      for (int k = 0; k < K; ++k) st[h].np += sm[h][k] ? 1 : 0;
+      if (pmn != NEG_INF) {
+        const float pmn2 = pmn * scale2;
+        float psum = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) psum += sm[h][k] ? ptx::ex2(v[h][k] * scale2 - pmn2) : 0.f;
+        st[h].pl = st[h].pl * ptx::ex2(st[h].pm * scale2 - pmn2) + psum;
+        st[h].pm = pmn;
+      }
     }
   }
 }
@@ -182,6 +214,8 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   const int64_t ct_begin = (int64_t)blockIdx.y * p.tiles_per_split;
   const int64_t ct_end = min(nct, ct_begin + p.tiles_per_split);
   const float scale2 = p.inv_t * 1.44269504088896341f;  // 1/T and log2(e) in one factor
+  const bool variant_in = p.variant_in;                  // once, not a constant-bank load per use
+  const int64_t a0 = p.offset + r0;                       // the block's first anchor row in z
 
   auto load_cols = [&](int stage, int64_t ct) {
     const int64_t c0 = ct * BN;
@@ -213,9 +247,16 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
     __syncthreads();
     float acc[BN / 8][4];
     mma_s_tile<C>(acc, Zr, zc(stage));
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      mma_row_update<C>(st[h], acc, h, scale2, ct * BN, p.N, grow[h], ylab[h], clab(stage), p.variant_in);
+    // an interior tile (full, without the diagonal: the common case) skips the bounds and diagonal checks
+    const int64_t c0 = ct * BN;
+    const bool interior = c0 + BN <= p.N && (c0 + BN <= a0 || c0 >= a0 + BM);
+    if (interior) {
+      if (variant_in) mma_rows_update<C, true, true>(st, acc, scale2, c0, p.N, grow, ylab, clab(stage));
+      else mma_rows_update<C, true, false>(st, acc, scale2, c0, p.N, grow, ylab, clab(stage));
+    } else {
+      if (variant_in) mma_rows_update<C, false, true>(st, acc, scale2, c0, p.N, grow, ylab, clab(stage));
+      else mma_rows_update<C, false, false>(st, acc, scale2, c0, p.N, grow, ylab, clab(stage));
+    }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
     stage ^= 1;
   }

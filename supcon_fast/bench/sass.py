@@ -52,6 +52,10 @@ DEFINITIONS = {
 # side is chosen by what the condition means for an interior tile: 'long' / 'short' is the side that
 # runs more / fewer instructions before the two sides meet, 'has:REGEX' the side with such an opcode.
 BRANCH_RULES = [
+    ("interior tile (full, without the diagonal): the kernels' fast path",
+     re.compile(r"if \(interior\)"), "short"),
+    ("a full tile (every row valid, D = the tile width) is copied without bounds checks",
+     re.compile(r"if \(vec && full\)"), "short"),
     ("positive pairs (equal labels) are rare: about 1 column in `classes`",
      re.compile(r"if \(same[\[)]|if \(\w*lab\[c\] == \w+\)"), "short"),
     ("variant 'out' (the loss's default) does less work on its side",

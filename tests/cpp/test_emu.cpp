@@ -422,13 +422,16 @@ void test_supcon_case(const Case& c) {
   const auto stat = c.dtype == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor g = at::rand({c.m}, stat);
 
+  const supcon_fast::ContrastOptions opt;  // the default sets: no queue, denominator 'all', no cap
   std::vector<std::vector<at::Tensor>> runs;
   const std::pair<supcon_emu::Schedule, int> configs[] = {
       {supcon_emu::Schedule::ascending, 1}, {supcon_emu::Schedule::descending, 2}, {supcon_emu::Schedule::shuffled, 1}};
   for (const auto& [schedule, poison] : configs) {
     Session session(schedule, poison, 11, c.arch, c.sm_count);
-    const auto [loss, lse, pos, npos] = supcon_fast::cuda_emu::supcon_fwd_cuda(z, labels, c.offset, c.m, t, c.variant_in);
-    const at::Tensor grad = supcon_fast::cuda_emu::supcon_bwd_cuda(g, z, labels, lse, pos, npos, c.offset, c.m, t, c.variant_in);
+    const auto [loss, lse, pos, npos, coef] =
+        supcon_fast::cuda_emu::supcon_fwd_cuda(z, labels, c.offset, c.m, t, c.variant_in, opt);
+    const at::Tensor grad =
+        supcon_fast::cuda_emu::supcon_bwd_cuda(g, z, labels, lse, pos, npos, c.offset, c.m, t, c.variant_in, opt, coef);
     runs.push_back({loss, lse, pos, npos, grad});
   }
   char what[160];
@@ -441,8 +444,10 @@ void test_supcon_case(const Case& c) {
 
   // Against the CPU op on the same (rounded) input: fp64 / fp32 to their precision; fp16 / bf16
   // differ by the H tile's 16-bit rounding in the backward and fp32 sums.
-  const auto [loss_c, lse_c, pos_c, npos_c] = supcon_fast::supcon_fwd_cpu(z, labels, c.offset, c.m, t, c.variant_in);
-  const at::Tensor grad_c = supcon_fast::supcon_bwd_cpu(g, z, labels, lse_c, pos_c, npos_c, c.offset, c.m, t, c.variant_in);
+  const auto [loss_c, lse_c, pos_c, npos_c, coef_c] =
+      supcon_fast::supcon_fwd_cpu(z, labels, c.offset, c.m, t, c.variant_in, opt);
+  const at::Tensor grad_c =
+      supcon_fast::supcon_bwd_cpu(g, z, labels, lse_c, pos_c, npos_c, c.offset, c.m, t, c.variant_in, opt, coef_c);
   const double tol = c.dtype == at::kDouble ? 1e-10 : c.dtype == at::kFloat ? 1e-5 : 2e-2;
   const auto& e = runs[0];
   EXPECT(at::equal(e[3], npos_c), "%s: npos", what);

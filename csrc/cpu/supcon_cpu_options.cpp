@@ -33,17 +33,27 @@ using namespace cpu;
 
 enum ColumnSet : int8_t { kExcluded = 0, kNegative = 1, kPositive = 2 };
 
-// The set of column j in anchor a's row.
+// The sets of anchor a's columns j0 .. j0 + nc - 1 into set[]: branch-free, so that the loop
+// vectorizes (the callers are compiled per instruction set, like the default kernel's).
 struct SetRule {
   const int64_t* cid;   // [R] dense class ids
   const int64_t* rank;  // [R] sample rank within its class, or nullptr without a cap
   int64_t cap;
-  SUPCON_INLINE int8_t operator()(int64_t a, int64_t j) const {
-    if (j == a) return kExcluded;
-    if (cid[j] != cid[a]) return kNegative;
-    if (rank == nullptr) return kPositive;
-    const int64_t ra = rank[a], rj = rank[j];
-    return (rj == ra || rj < cap + (rj > ra ? 1 : 0)) ? kPositive : kExcluded;
+  SUPCON_INLINE void row(int64_t a, int64_t j0, int64_t nc, int8_t* set) const {
+    const int64_t ya = cid[a], ra = rank ? rank[a] : 0;
+    const int64_t* y = cid + j0;
+    if (rank == nullptr) {
+#pragma omp simd
+      for (int64_t c = 0; c < nc; ++c) set[c] = y[c] == ya ? kPositive : kNegative;
+    } else {
+      const int64_t* r = rank + j0;
+#pragma omp simd
+      for (int64_t c = 0; c < nc; ++c) {
+        const bool keep = r[c] == ra || r[c] < cap + (r[c] > ra ? 1 : 0);
+        set[c] = y[c] == ya ? (keep ? kPositive : kExcluded) : kNegative;
+      }
+    }
+    if (a >= j0 && a < j0 + nc) set[a - j0] = kExcluded;  // no self-contrast
   }
 };
 
@@ -71,14 +81,18 @@ template <typename scalar_t>
 SUPCON_INLINE void fwd_row(const scalar_t* v, int64_t nc, int64_t a, int64_t j0, const Problem& p, RowState& st) {
   constexpr scalar_t kNegInf = -std::numeric_limits<scalar_t>::infinity();
   scalar_t den[kColTile], pos[kColTile];
+  int8_t set[kColTile];
+  p.rule.row(a, j0, nc, set);
   const bool den_pos = p.denominator == kDenAll;
-  double psum = 0;
+  double psum = 0;  // the 'out' positive term's sum in fp64, as the default kernel's class sums
   int64_t np = 0;
+#pragma omp simd reduction(+ : psum, np)
   for (int64_t c = 0; c < nc; ++c) {
-    const int8_t set = p.rule(a, j0 + c);
-    den[c] = (set == kNegative || (den_pos && set == kPositive)) ? v[c] : kNegInf;
-    pos[c] = set == kPositive ? v[c] : kNegInf;
-    if (set == kPositive) psum += v[c], ++np;
+    const bool is_pos = set[c] == kPositive;
+    den[c] = (set[c] == kNegative || (den_pos && is_pos)) ? v[c] : kNegInf;
+    pos[c] = is_pos ? v[c] : kNegInf;
+    psum += is_pos ? static_cast<double>(v[c]) : 0.0;
+    np += is_pos ? 1 : 0;
   }
   st.den.add(den, nc);
   if (p.variant_in) st.pos.add(pos, nc);
@@ -86,18 +100,32 @@ SUPCON_INLINE void fwd_row(const scalar_t* v, int64_t nc, int64_t a, int64_t j0,
   st.npos += np;
 }
 
-// Pass 2 ('one_positive'): the per-positive terms once the negatives' log-sum-exp nl is known.
+// Pass 2 ('one_positive'): the per-positive terms once the negatives' log-sum-exp nl is known
+// (positives are few: scalar fp64 on them).
 template <typename scalar_t>
 SUPCON_INLINE void one_positive_row(const scalar_t* v, int64_t nc, int64_t a, int64_t j0, const Problem& p,
                                     double nl, RowState& st) {
+  int8_t set[kColTile];
+  p.rule.row(a, j0, nc, set);
   for (int64_t c = 0; c < nc; ++c) {
-    if (p.rule(a, j0 + c) != kPositive) continue;
+    if (set[c] != kPositive) continue;
     if (p.variant_in) {
       const double sg = sigmoid(v[c] - nl);
       st.acc1 += sg, st.acc2 += sg * (1 - sg);
     } else {
       st.acc1 += softplus(nl - v[c]), st.acc2 += sigmoid(nl - v[c]);
     }
+  }
+}
+
+// The row passes over tile rows [r0, r1), one copy per instruction set.
+template <typename scalar_t>
+SUPCON_MULTIVERSION void fwd_rows(const scalar_t* b, int64_t nc, int64_t r0, int64_t r1, int64_t i0, int64_t j0,
+                                  const Problem& p, RowState* st, bool second_pass) {
+  for (int64_t r = r0; r < r1; ++r) {
+    RowState& s = st[i0 + r];
+    if (second_pass) one_positive_row(b + r * nc, nc, p.offset + i0 + r, j0, p, s.den.value(), s);
+    else fwd_row(b + r * nc, nc, p.offset + i0 + r, j0, p, s);
   }
 }
 
@@ -124,15 +152,14 @@ void fwd_options(const at::Tensor& zc, const Problem& p, int64_t num_anchors, do
   const double inv_t = 1.0 / temperature;
   for_each_tile(zc, p.offset, num_anchors, inv_t, buf.get(), [&](scalar_t* b, int64_t mr, int64_t nc, int64_t i0, int64_t j0) {
     at::parallel_for(0, mr, kRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) fwd_row(b + r * nc, nc, p.offset + i0 + r, j0, p, st[i0 + r]);
+      fwd_rows(b, nc, r0, r1, i0, j0, p, st.data(), /*second_pass=*/false);
     });
   });
   const bool one_positive = p.denominator == kDenOnePositive;
   if (one_positive) {
     for_each_tile(zc, p.offset, num_anchors, inv_t, buf.get(), [&](scalar_t* b, int64_t mr, int64_t nc, int64_t i0, int64_t j0) {
       at::parallel_for(0, mr, kRowGrain, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          one_positive_row(b + r * nc, nc, p.offset + i0 + r, j0, p, st[i0 + r].den.value(), st[i0 + r]);
+        fwd_rows(b, nc, r0, r1, i0, j0, p, st.data(), /*second_pass=*/true);
       });
     });
   }
@@ -162,32 +189,50 @@ struct BwdStats {
   const int64_t* npos;
 };
 
-// dL/ds for one row of a tile (anchor a, contrast rows j0..j0+nc) into h.
+// dL/ds for one row of a tile (anchor a, contrast rows j0..j0+nc) into h: branch-free over the
+// columns' sets (negatives and, for 'all', positives get the softmax term; positives their own).
 template <typename scalar_t>
 SUPCON_INLINE void bwd_row(const scalar_t* v, int64_t nc, int64_t a, int64_t i, int64_t j0, const Problem& p,
                            const BwdStats<scalar_t>& st, scalar_t* h) {
-  const double g = st.g[i];
+  const scalar_t g = st.g[i];
   if (g == 0) {
     for (int64_t c = 0; c < nc; ++c) h[c] = 0;
     return;
   }
-  const double lse = st.lse[i], pos = st.pos[i], inv_np = 1.0 / static_cast<double>(std::max<int64_t>(st.npos[i], 1));
-  const bool one_positive = p.denominator == kDenOnePositive;
-  const scalar_t neg_scale = static_cast<scalar_t>(one_positive ? g * st.coef[i] : g);
-  const scalar_t shift = static_cast<scalar_t>(lse);
-  for (int64_t c = 0; c < nc; ++c) {
-    const int8_t set = p.rule(a, j0 + c);
-    scalar_t out = 0;
-    if (set == kNegative || (set == kPositive && p.denominator == kDenAll)) out = neg_scale * fast_exp(v[c] - shift);
-    if (set == kPositive) {
-      double w;
-      if (!one_positive) w = p.variant_in ? std::exp(v[c] - pos) : inv_np;
-      else if (!p.variant_in) w = inv_np * sigmoid(lse - v[c]);
-      else { const double sg = sigmoid(v[c] - lse); w = std::exp(-pos) * sg * (1 - sg); }
-      out -= static_cast<scalar_t>(g * w);
+  int8_t set[kColTile];
+  p.rule.row(a, j0, nc, set);
+  const scalar_t lse = st.lse[i], pos = st.pos[i];
+  const scalar_t inv_np = scalar_t(1) / static_cast<scalar_t>(std::max<int64_t>(st.npos[i], 1));
+  const bool den_pos = p.denominator == kDenAll;
+  if (p.denominator != kDenOnePositive) {
+    const bool in = p.variant_in;
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c) {
+      const bool is_pos = set[c] == kPositive;
+      const scalar_t soft = (set[c] == kNegative || (den_pos && is_pos)) ? g * fast_exp(v[c] - lse) : scalar_t(0);
+      const scalar_t w = in ? fast_exp(v[c] - pos) : inv_np;
+      h[c] = soft - (is_pos ? g * w : scalar_t(0));
     }
-    h[c] = out;
+    return;
   }
+  // 'one_positive': negatives coef * exp(s - nl); positives -(1/|P|) sigmoid(nl - s) ('out') or
+  // -sigmoid'(s - nl) / q ('in', q = exp(pos_term))
+  const scalar_t neg_scale = g * st.coef[i], pos_scale = p.variant_in ? g * fast_exp(-pos) : g * inv_np;
+  const bool in = p.variant_in;
+#pragma omp simd
+  for (int64_t c = 0; c < nc; ++c) {
+    // sigmoid(s - nl) as 1 / (1 + exp(nl - s)): 1 without negatives (nl = -inf), 0 far below nl
+    const scalar_t sg = scalar_t(1) / (scalar_t(1) + fast_exp(lse - v[c]));
+    const scalar_t w = in ? sg * (scalar_t(1) - sg) : scalar_t(1) - sg;
+    h[c] = set[c] == kNegative ? neg_scale * fast_exp(v[c] - lse)
+                               : (set[c] == kPositive ? -pos_scale * w : scalar_t(0));
+  }
+}
+
+template <typename scalar_t>
+SUPCON_MULTIVERSION void bwd_rows(const scalar_t* b, int64_t nc, int64_t r0, int64_t r1, int64_t i0, int64_t j0,
+                                  const Problem& p, const BwdStats<scalar_t>& st, scalar_t* h) {
+  for (int64_t r = r0; r < r1; ++r) bwd_row(b + r * nc, nc, p.offset + i0 + r, i0 + r, j0, p, st, h + r * nc);
 }
 
 template <typename scalar_t>
@@ -197,9 +242,7 @@ void bwd_options(const at::Tensor& zc, const Problem& p, int64_t num_anchors, do
   const double inv_t = 1.0 / temperature;
   std::unique_ptr<scalar_t[]> buf(new scalar_t[kRowTile * kColTile]), h(new scalar_t[kRowTile * kColTile]);
   for_each_tile(zc, p.offset, num_anchors, inv_t, buf.get(), [&](scalar_t* b, int64_t mr, int64_t nc, int64_t i0, int64_t j0) {
-    at::parallel_for(0, mr, kRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) bwd_row(b + r * nc, nc, p.offset + i0 + r, i0 + r, j0, p, st, h.get() + r * nc);
-    });
+    at::parallel_for(0, mr, kRowGrain, [&](int64_t r0, int64_t r1) { bwd_rows(b, nc, r0, r1, i0, j0, p, st, h.get()); });
     const auto ht = at::from_blob(h.get(), {mr, nc}, zc.options());
     const auto anchors = zc.narrow(0, p.offset + i0, mr);
     grad.narrow(0, p.offset + i0, mr).addmm_(ht, zc.narrow(0, j0, nc), 1, inv_t);  // anchor side

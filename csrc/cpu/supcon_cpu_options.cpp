@@ -251,8 +251,10 @@ void bwd_options(const at::Tensor& zc, const Problem& p, int64_t num_anchors, do
   });
 }
 
-Problem make_problem(const DenseClasses& cls, const ContrastOptions& opt, int64_t offset, bool variant_in) {
-  const int64_t* rank = opt.cap >= 0 ? opt.cap_rank.data_ptr<int64_t>() : nullptr;
+// cap_rank: contiguous [R] (the caller keeps it alive), or undefined without a cap.
+Problem make_problem(const DenseClasses& cls, const ContrastOptions& opt, const at::Tensor& cap_rank, int64_t offset,
+                     bool variant_in) {
+  const int64_t* rank = opt.cap >= 0 ? cap_rank.data_ptr<int64_t>() : nullptr;
   return Problem{SetRule{cls.id.data(), rank, opt.cap}, offset, opt.denominator, variant_in};
 }
 
@@ -267,8 +269,8 @@ FwdOutputs supcon_fwd_cpu_options(const at::Tensor& zc, const at::Tensor& labels
   auto coef = at::empty({opt.denominator == kDenOnePositive ? num_anchors : 0}, o);
   if (num_anchors == 0) return {loss, lse, pos, npos, coef};
   const auto cls = dense_classes(labels.contiguous());
-  const ContrastOptions ranks{opt.queue, opt.denominator, opt.cap >= 0 ? opt.cap_rank.contiguous() : at::Tensor(), opt.cap};
-  const Problem p = make_problem(cls, ranks, offset, variant_in);
+  const at::Tensor cap_rank = opt.cap >= 0 ? opt.cap_rank.contiguous() : at::Tensor();
+  const Problem p = make_problem(cls, opt, cap_rank, offset, variant_in);
   AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "supcon_fwd_cpu_options", [&] {
     fwd_options<scalar_t>(zc, p, num_anchors, temperature, loss.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
                           pos.data_ptr<scalar_t>(), npos.data_ptr<int64_t>(),
@@ -295,8 +297,8 @@ at::Tensor supcon_bwd_cpu_options(const at::Tensor& grad_loss, const at::Tensor&
   const auto coef = one_positive ? neutral(coef_in) : at::Tensor();
   const auto npos = npos_in.contiguous();
   const auto cls = dense_classes(labels.contiguous());
-  const ContrastOptions ranks{opt.queue, opt.denominator, opt.cap >= 0 ? opt.cap_rank.contiguous() : at::Tensor(), opt.cap};
-  const Problem p = make_problem(cls, ranks, offset, variant_in);
+  const at::Tensor cap_rank = opt.cap >= 0 ? opt.cap_rank.contiguous() : at::Tensor();
+  const Problem p = make_problem(cls, opt, cap_rank, offset, variant_in);
   AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "supcon_bwd_cpu_options", [&] {
     const BwdStats<scalar_t> st{g.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), pos.data_ptr<scalar_t>(),
                                 one_positive ? coef.data_ptr<scalar_t>() : nullptr, npos.data_ptr<int64_t>()};

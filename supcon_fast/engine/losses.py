@@ -32,11 +32,8 @@ def make_criterion(loss: str, *, temperature: float = 0.1, base_temperature: flo
     if loss not in ("supcon", "simclr"):
         raise ValueError(f"loss: unknown {loss!r}; choose supcon, simclr or ce")
     kwargs = dict(temperature=temperature, base_temperature=base_temperature, variant=variant,
-                  contrast_mode="all", impl=impl, gather=gather)
-    if queue is not None:   # only then: the loss without a queue takes no queue argument at all
-        kwargs["queue"] = queue
-    if denominator != "all" or positives_cap >= 0:   # likewise: the default call stays today's
-        kwargs.update(denominator=denominator, positives_cap=positives_cap)
+                  contrast_mode="all", impl=impl, gather=gather, queue=queue, denominator=denominator,
+                  positives_cap=positives_cap)
 
     def supcon(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return supcon_loss(features, None if loss == "simclr" else labels, **kwargs)

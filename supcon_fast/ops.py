@@ -34,9 +34,8 @@ def has_kernel(device: torch.device | str) -> bool:
     return _KERNELS.get(torch.device(device).type if isinstance(device, str) else device.type, False)
 
 
-# The fused kernels with the denominator modes and the cap: the CPU op has them, the CUDA kernels not
-# yet (supcon_loss's 'auto' takes the reference there).
-_OPTIONS = {"cpu": True, "cuda": False}
+# The fused kernels with the denominator modes and the cap: the CPU op and the CUDA tile kernels.
+_OPTIONS = {"cpu": True, "cuda": True}
 
 
 def has_options_kernel(device: torch.device | str) -> bool:

@@ -216,11 +216,68 @@ def test_cuda_kernels_with_a_queue(dtype, variant):
     assert rel_err(grad, grad64) <= 2 * rel_err(grad_low, grad64) + 1e-2
 
 
+def assert_accuracy_rule(dtype, f, y, kw):
+    """fp64 / fp32: within TOL of the fp64 reference; fp16 / bf16: at most twice the reference's own
+    error in that dtype, plus a small eps."""
+    loss, grad = loss_and_grad(fused, f, y, **kw)
+    loss64, grad64 = loss_and_grad(reference64, f, y, **kw)
+    assert grad.dtype == dtype
+    if dtype in TOL:
+        assert rel_err(loss, loss64) <= TOL[dtype], (loss, loss64)
+        assert rel_err(grad, grad64) <= TOL[dtype]
+        return
+    loss_low, grad_low = loss_and_grad(lambda a, b, **k: supcon_loss(a, b, impl="reference", **k), f, y, **kw)
+    assert rel_err(loss, loss64) <= 2 * rel_err(loss_low, loss64) + 1e-3, (loss, loss64, loss_low)
+    assert rel_err(grad, grad64) <= 2 * rel_err(grad_low, grad64) + 1e-2
+
+
 @pytest.mark.emulated
-def test_cuda_kernels_name_the_options_they_lack():
-    f, y = sample_inputs(5, 2, 8, dtype=torch.float32)
-    with pytest.raises(RuntimeError, match="denominator modes .* not in the CUDA kernels"):
-        supcon_loss(f, y, impl="fused", denominator="one_positive")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("denominator", DENOMINATORS)
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("cap", [-1, 0, 2])
+def test_cuda_kernels_options(cap, variant, denominator, dtype):
+    """The CUDA kernels under the emulation: every option against the fp64 reference, 74 rows (more
+    than a 64-row tile), an odd dim, labels with few classes."""
+    if cap == -1 and denominator == "all":
+        pytest.skip("the default sets: tests/test_ops_cuda.py")
+    f, y = sample_inputs(37, 2, 19, labels="few", dtype=dtype, seed=cap + 9)
+    assert_accuracy_rule(dtype, f, y, dict(temperature=0.2, variant=variant, denominator=denominator,
+                                           positives_cap=cap))
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("labels,mode,cap", [("none", "all", -1), ("one", "one", 2), ("distinct", "all", 0),
+                                             ("few", "one", 4)])
+@pytest.mark.parametrize("denominator", ["one_positive", "only_negatives"])
+def test_cuda_kernels_options_labels_and_modes(labels, mode, cap, denominator):
+    if labels == "one" and denominator == "only_negatives":
+        cap = 0  # one class: still a negative-free denominator (tested on the CPU op); keep positives
+        denominator = "one_positive"
+    f, y = sample_inputs(23, 2, 12, labels=labels, dtype=torch.float32, seed=4)
+    assert_accuracy_rule(torch.float32, f, y, dict(temperature=0.3, contrast_mode=mode, denominator=denominator,
+                                                   positives_cap=cap))
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("denominator", DENOMINATORS)
+def test_cuda_kernels_options_with_a_queue(dtype, denominator):
+    """Options across a queue, with more rows than a tensor-core row tile (128): 140 rows + 61 queue rows."""
+    f, y = sample_inputs(70, 2, 24, labels="few", dtype=dtype, seed=12)
+    q = random_queue(61, 24, n_views=1, dtype=dtype, seed=5, unlabelled_every=4)
+    assert_accuracy_rule(dtype, f, y, dict(temperature=0.1, variant="out", denominator=denominator, positives_cap=2,
+                                           queue=q))
+
+
+@pytest.mark.emulated
+def test_cuda_capped_class_sums_match_the_kernel_sums():
+    """fp32 'out' under a cap takes the positive term from fp64 capped class sums (a sort-and-scan on
+    the host side): at large norms and a low temperature it holds fp32 accuracy where a sum of fp32
+    logits would not."""
+    f, y = sample_inputs(40, 2, 16, labels="few", dtype=torch.float32, norm=3.0, seed=6)
+    assert_accuracy_rule(torch.float32, f, y, dict(temperature=0.05, denominator="only_negatives",
+                                                   positives_cap=2))
 
 
 @pytest.mark.emulated

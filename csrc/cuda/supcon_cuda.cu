@@ -26,6 +26,8 @@
 #include "supcon_kernels.cuh"
 #include "supcon_mma_bwd.cuh"
 #include "supcon_mma_fwd.cuh"
+#include "supcon_options.cuh"
+#include "supcon_options_host.h"
 
 namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
@@ -52,6 +54,17 @@ std::string kernel_name(const char* kernel) {
 
 bool vec_ok(const at::Tensor& z) {
   return z.size(1) % 8 == 0 && reinterpret_cast<std::uintptr_t>(z.data_ptr()) % 16 == 0;
+}
+
+// The options with the cap ranks contiguous (the kernels index them).
+ContrastOptions kernel_options(const ContrastOptions& opt) {
+  ContrastOptions o = opt;
+  if (o.cap >= 0) o.cap_rank = o.cap_rank.contiguous();
+  return o;
+}
+
+SetRule set_rule(const ContrastOptions& opt) {
+  return SetRule{opt.cap >= 0 ? opt.cap_rank.data_ptr<int64_t>() : nullptr, opt.cap, static_cast<int>(opt.denominator)};
 }
 
 // z_a . (C_{y_a} - z_a) in fp64 for the anchors a = offset .. offset + M - 1, where C_y is the sum of
@@ -82,11 +95,13 @@ template <typename T, int DP> struct IsMmaFwd<MmaFwd<T, DP>> : std::true_type {
 
 // Calls fn(C()) with the forward's kernel configuration for D on a device with `optin` bytes of
 // shared memory per block: for fp16 / bf16 the mma.sync kernel with D padded to 64, 128 or 256
-// where that fits, else the tile engine's kernel (also for fp32 / fp64). The one place that decides.
+// where that fits, else the tile engine's kernel (also for fp32 / fp64, and for the loss options,
+// which only the tile kernels have). The one place that decides.
 template <typename scalar_t, class Fn>
-void with_fwd_config(int64_t D, int optin, Fn&& fn) {
+void with_fwd_config(int64_t D, int optin, bool options, Fn&& fn) {
   using E = typename EngineFor<scalar_t>::type;
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    if (options) return fn(E());
     using T = typename E::in_t;
     if (D <= 64 && MmaFwd<T, 64>::bytes <= optin) return fn(MmaFwd<T, 64>());
     if (D <= 128 && MmaFwd<T, 128>::bytes <= optin) return fn(MmaFwd<T, 128>());
@@ -95,9 +110,18 @@ void with_fwd_config(int64_t D, int optin, Fn&& fn) {
   fn(E());
 }
 
-template <class C>
+// The options of one forward launch of the tile kernels: the sets, and the 'one_positive' pass.
+template <typename st_t>
+struct FwdPass {
+  SetRule rule;
+  bool second_pass = false;
+  const st_t* nl = nullptr;
+};
+
+template <class C, bool OPT>
 void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, double temperature,
-                       bool variant_in, const plan::FwdPlan& fp, void* ws) {
+                       bool variant_in, const plan::FwdPlan& fp, void* ws,
+                       const FwdPass<typename IsMmaFwd<C>::Engine::st_t>& pass) {
   using E = typename IsMmaFwd<C>::Engine;
   const dim3 grid(static_cast<unsigned>(fp.row_blocks), static_cast<unsigned>(fp.splits));
   if constexpr (IsMmaFwd<C>::value) {
@@ -121,32 +145,68 @@ void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t of
     p.variant_in = variant_in;
     p.vec = vec_ok(z);
     p.ws = static_cast<FwdPartial<E>*>(ws);
-    constexpr int smem = SmemLayout<E>::fwd_bytes;
-    set_smem(supcon_fwd_tile_kernel<E>, smem, "supcon_fwd");
-    launch(supcon_fwd_tile_kernel<E>, kernel_name<E>("supcon_fwd_tile_kernel"), grid, dim3(E::NT), smem, E::NT, p);
+    p.rule = pass.rule;
+    p.second_pass = pass.second_pass;
+    p.nl = pass.nl;
+    constexpr int smem = SmemLayout<E, OPT>::fwd_bytes;
+    set_smem(supcon_fwd_tile_kernel<E, OPT>, smem, "supcon_fwd");
+    launch(supcon_fwd_tile_kernel<E, OPT>, kernel_name<E>(OPT ? "supcon_fwd_tile_kernel[options]" : "supcon_fwd_tile_kernel"),
+           grid, dim3(E::NT), smem, E::NT, p);
   }
 }
 
+// The 'out' positive term's fp64 dots for the tile engines that want them (kExactOutPositives), or
+// an undefined tensor: class sums, capped when a cap is set ('one_positive' has no such term).
+template <class E>
+at::Tensor exact_out_dots(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, bool variant_in,
+                          const ContrastOptions& opt) {
+  if (!E::kExactOutPositives || variant_in || opt.denominator == kDenOnePositive) return at::Tensor();
+  if (opt.cap >= 0) return capped_class_sum_dots(z, labels, opt.cap_rank.contiguous(), opt.cap, offset, M);
+  return class_sum_dots(z, labels, offset, M);
+}
+
+// Outputs of the forward: coef is [M] for 'one_positive', else empty.
+struct FwdOut {
+  at::Tensor &loss, &lse, &pos, &npos, &coef;
+};
+
 template <typename scalar_t>
 void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, double temperature,
-                bool variant_in, at::Tensor& loss, at::Tensor& lse, at::Tensor& pos, at::Tensor& npos) {
+                bool variant_in, const ContrastOptions& opt, FwdOut& out) {
   using E = typename EngineFor<scalar_t>::type;  // the partials' layout and the finalize kernel
   using st_t = typename E::st_t;
   const int64_t N = z.size(0), D = z.size(1);
-  with_fwd_config<scalar_t>(D, smem_optin(), [&](auto config) {
+  const bool options = !opt.default_sets();
+  with_fwd_config<scalar_t>(D, smem_optin(), options, [&](auto config) {
     using C = decltype(config);
     const plan::FwdPlan fp = plan::plan_fwd(M, N, C::BM, C::BN, sm_count());
     TORCH_CHECK(fp.row_blocks <= INT32_MAX, "supcon_fwd (", kBackend, "): too many anchors: ", M);
     at::Tensor ws = empty_output({fp.splits * M * static_cast<int64_t>(sizeof(FwdPartial<E>))},
                                  z.options().dtype(at::kByte));
-    launch_fwd_kernel<C>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr());
-    at::Tensor pos_dot;
-    if (E::kExactOutPositives && !variant_in) pos_dot = class_sum_dots(z, labels, offset, M);
-    launch(supcon_fwd_finalize_kernel<E>, kernel_name<E>("supcon_fwd_finalize_kernel"),
-           dim3(static_cast<unsigned>(ceil_div(M, 256))), dim3(256), 0, 0,
-           static_cast<const FwdPartial<E>*>(ws.data_ptr()), fp.splits, M, variant_in,
+    FwdPass<st_t> pass;
+    if (options) {
+      pass.rule = set_rule(opt);
+      if constexpr (!IsMmaFwd<C>::value) launch_fwd_kernel<C, true>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+    } else {
+      launch_fwd_kernel<C, false>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+    }
+    const at::Tensor pos_dot = exact_out_dots<E>(z, labels, offset, M, variant_in, opt);
+    const auto* partials = static_cast<const FwdPartial<E>*>(ws.data_ptr());
+    const dim3 grid(static_cast<unsigned>(ceil_div(M, 256)));
+    launch(supcon_fwd_finalize_kernel<E>, kernel_name<E>("supcon_fwd_finalize_kernel"), grid, dim3(256), 0, 0,
+           partials, fp.splits, M, variant_in,
            pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr, 1.0 / temperature,
-           loss.data_ptr<st_t>(), lse.data_ptr<st_t>(), pos.data_ptr<st_t>(), npos.data_ptr<int64_t>());
+           out.loss.data_ptr<st_t>(), out.lse.data_ptr<st_t>(), out.pos.data_ptr<st_t>(), out.npos.data_ptr<int64_t>());
+    if (opt.denominator != kDenOnePositive) return;
+    // 'one_positive': lse is nl (the first pass's denominator held the negatives only); the second
+    // pass sums the positives' terms given it.
+    pass.second_pass = true;
+    pass.nl = out.lse.data_ptr<st_t>();
+    if constexpr (!IsMmaFwd<C>::value) launch_fwd_kernel<C, true>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+    launch(supcon_fwd_one_positive_finalize_kernel<E, FwdPartial<E>>,
+           kernel_name<E>("supcon_fwd_one_positive_finalize_kernel"), grid, dim3(256), 0, 0, partials, fp.splits, M,
+           variant_in, static_cast<const int64_t*>(out.npos.data_ptr<int64_t>()), out.loss.data_ptr<st_t>(),
+           out.pos.data_ptr<st_t>(), out.coef.data_ptr<st_t>());
   });
 }
 
@@ -155,29 +215,35 @@ template <typename T, int DP> struct IsMmaBwd<MmaBwd<T, DP>> : std::true_type {}
 
 // Calls fn(C()) with the backward's configuration for D on a device with `optin` bytes of shared
 // memory per block: for fp16 / bf16 with D <= 128 the mma.sync kernel, else the tile engine, its
-// default where it fits and the compact one (a smaller D chunk) on 99 KB parts.
+// default where it fits and the compact one (a smaller D chunk) on 99 KB parts. The loss options
+// run on the tile engines only.
 template <typename scalar_t, class Fn>
-void with_bwd_config(int64_t D, int optin, Fn&& fn) {
+void with_bwd_config(int64_t D, int optin, bool options, Fn&& fn) {
   using E = typename EngineFor<scalar_t>::type;
   using Cmp = typename EngineFor<scalar_t>::compact;
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
     using T = typename E::in_t;
-    if (D <= 64 && MmaBwd<T, 64>::bytes <= optin) return fn(MmaBwd<T, 64>());
-    if (D <= 128 && MmaBwd<T, 128>::bytes <= optin) return fn(MmaBwd<T, 128>());
+    if (!options && D <= 64 && MmaBwd<T, 64>::bytes <= optin) return fn(MmaBwd<T, 64>());
+    if (!options && D <= 128 && MmaBwd<T, 128>::bytes <= optin) return fn(MmaBwd<T, 128>());
   }
-  if (SmemLayout<E>::bwd_bytes <= optin) fn(E());
+  const int bytes = options ? SmemLayout<E, true>::bwd_bytes : SmemLayout<E>::bwd_bytes;
+  if (bytes <= optin) fn(E());
   else fn(Cmp());  // 99 KB parts; set_smem reports a device with even less
 }
 
+// The backward's per-anchor inputs. Default sets: g, lse, aux (pos_term for 'in', 1/npos for 'out').
+// Options (supcon_options.cuh): g is gd, aux is gp, pv the positives' statistic, and rule the sets.
 struct BwdInputs {
   const at::Tensor &z, &labels, &g, &lse, &aux, &gmax;
   int64_t offset, M;
   double inv_t;
   bool variant_in;
+  const at::Tensor* pv = nullptr;  // options only
+  SetRule rule;
 };
 
 // Launches the backward kernel of configuration C over the plan's blocks, writing grad rows or partials.
-template <class C>
+template <class C, bool OPT>
 void launch_bwd_kernel(const BwdInputs& in, const plan::BwdPlan& bp, at::Tensor& heavy, at::Tensor& light,
                        at::Tensor& grad) {
   using st_t = typename C::st_t;
@@ -212,14 +278,17 @@ void launch_bwd_kernel(const BwdInputs& in, const plan::BwdPlan& bp, at::Tensor&
     p.partial_heavy = heavy.defined() ? heavy.data_ptr<st_t>() : nullptr;
     p.partial_light = light.defined() ? light.data_ptr<st_t>() : nullptr;
     p.grad_out = reinterpret_cast<typename E::in_t*>(grad.data_ptr());
-    constexpr int smem = SmemLayout<E>::bwd_bytes;
-    set_smem(supcon_bwd_tile_kernel<E>, smem, "supcon_bwd");
-    launch(supcon_bwd_tile_kernel<E>, kernel_name<E>("supcon_bwd_tile_kernel"), grid, dim3(E::NT), smem, E::NT, p);
+    p.rule = in.rule;
+    p.pv = OPT ? in.pv->data_ptr<st_t>() : nullptr;
+    constexpr int smem = SmemLayout<E, OPT>::bwd_bytes;
+    set_smem(supcon_bwd_tile_kernel<E, OPT>, smem, "supcon_bwd");
+    launch(supcon_bwd_tile_kernel<E, OPT>, kernel_name<E>(OPT ? "supcon_bwd_tile_kernel[options]" : "supcon_bwd_tile_kernel"),
+           grid, dim3(E::NT), smem, E::NT, p);
   }
 }
 
 // grad: [G, D], the gradient of z's first G rows (the rest of the contrast set is a queue's).
-template <class C>
+template <class C, bool OPT>
 void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
   using st_t = typename C::st_t;
   const int64_t N = grad.size(0), D = in.z.size(1);  // from here on, N: the rows that get a gradient
@@ -229,7 +298,11 @@ void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
   at::Tensor heavy, light;
   if (bp.heavy_parts > 1) heavy = empty_output({bp.heavy_parts * bp.heavy_count * C::BM, D}, st_opts);
   if (bp.light_parts > 1) light = empty_output({bp.light_parts * bp.light_count * C::BM, D}, st_opts);
-  launch_bwd_kernel<C>(in, bp, heavy, light, grad);
+  if constexpr (OPT && IsMmaBwd<C>::value) {
+    TORCH_CHECK(false, "supcon_bwd: the options run on the tile kernels");
+  } else {
+    launch_bwd_kernel<C, OPT>(in, bp, heavy, light, grad);
+  }
   // Rows of cut blocks get the fixed-order sum of their parts: heavy rows are one range [h0, h1),
   // light rows lie before and after it.
   const int64_t h0 = bp.heavy_first * C::BM, h1 = std::min(N, (bp.heavy_first + bp.heavy_count) * C::BM);
@@ -243,19 +316,15 @@ void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
 
 // The kernels take one contrast set: z then the queue's rows, contiguous (the queue costs a copy);
 // the backward plans its rows over z's alone (supcon_plan.cuh): no gradient work on the queue.
-// The denominator modes and the cap are not in the kernels: an error naming them (supcon_loss routes
-// them to the reference on CUDA).
-at::Tensor contrast_set(const at::Tensor& z, const ContrastOptions& opt, const char* op) {
-  TORCH_CHECK(opt.default_sets(), op, " (", kBackend, "): denominator modes other than 'all' and the positives cap "
-              "are not in the CUDA kernels; use the CPU op or the reference (supcon_loss(..., impl='reference'))");
+at::Tensor contrast_set(const at::Tensor& z, const ContrastOptions& opt) {
   return opt.queue.defined() ? at::cat({z, opt.queue}).contiguous() : z.contiguous();
 }
 
 }  // namespace
 
 FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, int64_t offset, int64_t num_anchors,
-                           double temperature, bool variant_in, const ContrastOptions& opt) {
-  check_fwd_args(z_in, labels_in, offset, num_anchors, temperature, opt.queue_rows());
+                           double temperature, bool variant_in, const ContrastOptions& opt_in) {
+  check_fwd_args(z_in, labels_in, offset, num_anchors, temperature, opt_in.queue_rows());
   TORCH_CHECK(on_device(z_in), "supcon_fwd (", kBackend, "): z is on ", z_in.device());
   const DeviceGuard guard(z_in.device());
   const int64_t M = num_anchors;
@@ -263,8 +332,9 @@ FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, 
   at::Tensor loss = empty_output({M}, fopts);
   at::Tensor lse = empty_output({M}, fopts);
   at::Tensor pos = empty_output({M}, fopts);
-  at::Tensor coef = empty_output({0}, fopts);  // 'one_positive' only
-  const at::Tensor z = contrast_set(z_in, opt, "supcon_fwd");
+  const ContrastOptions opt = kernel_options(opt_in);
+  at::Tensor coef = empty_output({opt.denominator == kDenOnePositive ? M : 0}, fopts);  // 'one_positive' only
+  const at::Tensor z = contrast_set(z_in, opt);
   if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong)), coef};
 
   const at::Tensor labels = labels_in.contiguous();
@@ -272,7 +342,8 @@ FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, 
   at::Tensor npos = empty_output({M}, z_in.options().dtype(at::kLong));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_fwd_cuda", [&] {
-    launch_fwd<scalar_t>(z, labels, offset, M, temperature, variant_in, loss, lse, pos, npos);
+    FwdOut out{loss, lse, pos, npos, coef};
+    launch_fwd<scalar_t>(z, labels, offset, M, temperature, variant_in, opt, out);
   });
   return {loss, lse, pos, npos, coef};
 }
@@ -280,12 +351,13 @@ FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, 
 at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, const at::Tensor& labels_in,
                            const at::Tensor& lse_in, const at::Tensor& pos_in, const at::Tensor& npos_in,
                            int64_t offset, int64_t num_anchors, double temperature, bool variant_in,
-                           const ContrastOptions& opt, const at::Tensor& /*coef: 'one_positive' only*/) {
+                           const ContrastOptions& opt_in, const at::Tensor& coef) {
   check_bwd_args(grad_loss, z_in, labels_in, lse_in, pos_in, npos_in, offset, num_anchors, temperature,
-                 opt.queue_rows());
+                 opt_in.queue_rows());
   TORCH_CHECK(on_device(z_in), "supcon_bwd (", kBackend, "): z is on ", z_in.device());
   const DeviceGuard guard(z_in.device());
-  const at::Tensor z = contrast_set(z_in, opt, "supcon_bwd");
+  const ContrastOptions opt = kernel_options(opt_in);
+  const at::Tensor z = contrast_set(z_in, opt);
   const int64_t N = z.size(0), D = z.size(1), M = num_anchors;
   if (M == 0 || N == 0 || D == 0) return at::zeros({z_in.size(0), D}, z_in.options());
 
@@ -295,18 +367,27 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
   const at::Tensor has_pos = npos > 0;
   // g_i = grad_loss_i where anchor i has a positive, else 0 (its loss is the constant 0).
   const at::Tensor g = at::where(has_pos, grad_loss.to(st), at::zeros({}, z.options().dtype(st))).contiguous();
+  at::Tensor grad = empty_output({z_in.size(0), D}, z.options());
+  // One launch over all N rows; the cut into blocks: supcon_plan.cuh.
+  if (!opt.default_sets()) {
+    const OptionStats o = option_stats(g, has_pos, npos, lse_in, pos_in, coef, variant_in, opt);
+    // |H| <= |gd| + |gp| per anchor term (each weight is at most 1): the TC kernels' H scale from it
+    const at::Tensor gmax = at::amax(o.gd.abs() + o.gp.abs()).to(at::kFloat);
+    BwdInputs in{z, labels, o.gd, o.lse, o.gp, gmax, offset, M, 1.0 / temperature, variant_in, &o.pv, set_rule(opt)};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_bwd_cuda", [&] {
+      with_bwd_config<scalar_t>(D, smem_optin(), true, [&](auto config) { launch_bwd<decltype(config), true>(in, grad); });
+    });
+    return grad;
+  }
   const at::Tensor lse = lse_in.to(st).contiguous();
   // aux: pos_term ('in') or 1/npos ('out'; the positive part of G is -g/npos on every positive).
   const at::Tensor aux =
       variant_in ? pos_in.to(st).contiguous()
                  : at::where(has_pos, npos.clamp_min(1).to(st).reciprocal(), at::zeros({}, z.options().dtype(st))).contiguous();
   const at::Tensor gmax = at::amax(g.abs()).to(at::kFloat);  // 0-dim, device; read by the TC kernels
-  // One launch over all N rows; the cut into blocks: supcon_plan.cuh.
-
-  at::Tensor grad = empty_output({z_in.size(0), D}, z.options());
   const BwdInputs in{z, labels, g, lse, aux, gmax, offset, M, 1.0 / temperature, variant_in};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_bwd_cuda", [&] {
-    with_bwd_config<scalar_t>(D, smem_optin(), [&](auto config) { launch_bwd<decltype(config)>(in, grad); });
+    with_bwd_config<scalar_t>(D, smem_optin(), false, [&](auto config) { launch_bwd<decltype(config), false>(in, grad); });
   });
   return grad;
 }
@@ -331,7 +412,7 @@ at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t 
   std::vector<int64_t> rows;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "plan_blocks", [&] {
     if (kernel == "fwd") {
-      with_fwd_config<scalar_t>(D, a.smem_optin, [&](auto config) {
+      with_fwd_config<scalar_t>(D, a.smem_optin, /*options=*/false, [&](auto config) {
         using C = decltype(config);
         const plan::FwdPlan fp = plan::plan_fwd(M, N, C::BM, C::BN, a.sms);
         const int64_t tiles = ceil_div(N, C::BN);
@@ -341,7 +422,7 @@ at::Tensor plan_blocks(const std::string& kernel, int64_t N, int64_t M, int64_t 
       });
       return;
     }
-    with_bwd_config<scalar_t>(D, a.smem_optin, [&](auto config) {
+    with_bwd_config<scalar_t>(D, a.smem_optin, /*options=*/false, [&](auto config) {
       using C = decltype(config);
       const plan::BwdPlan bp = plan::plan_bwd(N, M, offset, D, C::BM, C::BN, a.sms, sizeof(typename C::st_t), grad_rows);
       for (int64_t b = 0; b < bp.blocks; ++b) {

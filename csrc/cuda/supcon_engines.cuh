@@ -251,16 +251,17 @@ struct SimtEngine {
 // memory, so this is the one place that says how much a kernel needs (the host picks a tile
 // configuration by it). Regions: the row and column tiles of z, the S tile, the H tile (backward),
 // the labels of the block's rows and columns, and (backward) the rows' and columns' per-anchor g,
-// lse and aux.
-template <class E>
+// lse and aux. OPT (the loss options, supcon_options.cuh): the rows' and columns' ranks after the
+// labels, and a fourth statistic (pv) in the backward.
+template <class E, bool OPT = false>
 struct SmemLayout {
   using st_t = typename E::st_t;
   static constexpr int kZr = align128(E::BM * E::LDK * (int)sizeof(typename E::raw_t));
   static constexpr int kZc = align128(E::BN * E::LDK * (int)sizeof(typename E::raw_t));
   static constexpr int kS = align128(E::BM * E::LDS * (int)sizeof(st_t));
   static constexpr int kH = align128(E::BM * E::LDH * (int)sizeof(typename E::h_t));
-  static constexpr int kLab = align128((E::BM + E::BN) * (int)sizeof(int64_t));
-  static constexpr int kStats = align128(3 * (E::BM + E::BN) * (int)sizeof(st_t));
+  static constexpr int kLab = align128((OPT ? 2 : 1) * (E::BM + E::BN) * (int)sizeof(int64_t));
+  static constexpr int kStats = align128((OPT ? 4 : 3) * (E::BM + E::BN) * (int)sizeof(st_t));
   // offsets
   static constexpr int zr = 0, zc = kZr, s = kZr + kZc;
   static constexpr int fwd_lab = s + kS;

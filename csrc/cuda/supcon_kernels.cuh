@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "supcon_engines.cuh"
+#include "supcon_options.cuh"
 #include "supcon_plan.cuh"
 
 namespace supcon_fast {
@@ -43,13 +44,18 @@ struct FwdParams {
   bool variant_in;
   bool vec;
   FwdPartial<E>* ws;  // [splits, M]
+  // the loss options (OPT kernels only, supcon_options.cuh)
+  SetRule rule;
+  bool second_pass;              // 'one_positive': the positives' terms given nl
+  const typename E::st_t* nl;    // [M] the first pass's lse (second pass)
 };
 
-template <class E>
+// OPT: the loss options (supcon_options.cuh); without them the default sets, as compiled before.
+template <class E, bool OPT = false>
 __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<E> p) {
   using st_t = typename E::st_t;
   using raw_t = typename E::raw_t;
-  using L = SmemLayout<E>;
+  using L = SmemLayout<E, OPT>;
   constexpr int BM = E::BM, BN = E::BN, BK = E::BK, NT = E::NT;
   constexpr int TPR = NT / BM;  // threads per row in the epilogue (2 or 4), adjacent lanes
   static_assert(NT % BM == 0 && (TPR == 2 || TPR == 4), "epilogue thread mapping");
@@ -59,6 +65,8 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   st_t* S = reinterpret_cast<st_t*>(smem + L::s);
   int64_t* rs_lab = reinterpret_cast<int64_t*>(smem + L::fwd_lab);  // [BM] labels of the block's rows
   int64_t* cs_lab = rs_lab + BM;                                     // [BN] labels of the tile's columns
+  int64_t* rs_rank = cs_lab + BN;                                    // OPT: [BM] ranks of the rows
+  int64_t* cs_rank = rs_rank + BM;                                   // OPT: [BN] ranks of the columns
 
   const st_t NEG_INF = dev_neg_inf(st_t());
   const int tid = threadIdx.x;
@@ -70,6 +78,8 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   const int nk = (int)((p.D + BK - 1) / BK);
 
   for (int r = tid; r < BM; r += NT) rs_lab[r] = r < rows_valid ? p.labels[p.offset + r0 + r] : 0;
+  if constexpr (OPT)
+    for (int r = tid; r < BM; r += NT) rs_rank[r] = r < rows_valid ? p.rule.rank_of(p.offset + r0 + r) : 0;
 
   const int my_r = tid / TPR, my_h = tid % TPR;
   const int64_t my_gr = p.offset + r0 + my_r;  // global row of this thread's anchor
@@ -84,6 +94,8 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
     const int cols_valid = (int)min((int64_t)BN, p.N - c0);
     __syncthreads();  // previous tile's epilogue is done with S and cs_lab
     for (int c = tid; c < BN; c += NT) cs_lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
+    if constexpr (OPT)
+      for (int c = tid; c < BN; c += NT) cs_rank[c] = c < cols_valid ? p.rule.rank_of(c0 + c) : 0;
     typename E::SAcc acc;
     E::s_zero(acc);
     for (int kc = 0; kc < nk; ++kc) {
@@ -101,7 +113,14 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
     E::s_store(acc, S, p.inv_t);
     __syncthreads();  // S, cs_lab, rs_lab visible
 
-    if (my_r < rows_valid) {
+    if constexpr (OPT) {
+      if (my_r < rows_valid) {
+        OptRowStats<st_t> o{m, l, pm, pl, ps, np};
+        opt_fwd_row(o, S + my_r * E::LDS, cs_lab, cs_rank, my_h, TPR, cols_valid, c0, my_gr, rs_lab[my_r],
+                    rs_rank[my_r], p.rule, p.variant_in, p.second_pass, p.second_pass ? p.nl[r0 + my_r] : st_t(0));
+        m = o.m, l = o.l, pm = o.pm, pl = o.pl, ps = o.ps, np = o.np;
+      }
+    } else if (my_r < rows_valid) {
       const st_t* Srow = S + my_r * E::LDS;
       const int64_t ya = rs_lab[my_r];
       st_t tmax = NEG_INF, tpmax = NEG_INF;
@@ -145,7 +164,8 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
     const st_t ps2 = __shfl_xor_sync(0xffffffffu, ps, o);
     const int64_t np2 = __shfl_xor_sync(0xffffffffu, np, o);
     lse_merge(m, l, m2, l2);
-    lse_merge(pm, pl, pm2, pl2);
+    if (OPT && p.second_pass) pl += pl2;  // acc2: a plain sum (supcon_options.cuh)
+    else lse_merge(pm, pl, pm2, pl2);
     ps += ps2;
     np += np2;
   }
@@ -222,6 +242,9 @@ struct BwdParams {
   typename E::st_t* partial_heavy;   // [heavy_parts, heavy_count * BM, D] when heavy blocks are cut
   typename E::st_t* partial_light;   // [light_parts, light_count * BM, D] when light blocks are cut
   typename E::in_t* grad_out;        // [N, D] in z's dtype: the rows of uncut blocks
+  // the loss options (OPT kernels only): g is gd, aux is gp, pv the fourth statistic (supcon_options.cuh)
+  SetRule rule;
+  const typename E::st_t* pv;
 };
 
 __device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
@@ -229,12 +252,12 @@ __device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __fl
 __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_out(double* p, double v) { *p = v; }
 
-template <class E>
+template <class E, bool OPT = false>
 __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kernel(const BwdParams<E> p) {
   using st_t = typename E::st_t;
   using raw_t = typename E::raw_t;
   using h_t = typename E::h_t;
-  using L = SmemLayout<E>;
+  using L = SmemLayout<E, OPT>;
   constexpr int BM = E::BM, BN = E::BN, BK = E::BK, NT = E::NT;
   SUPCON_DYNAMIC_SHARED(unsigned char, smem);
   raw_t* Zr = reinterpret_cast<raw_t*>(smem + L::zr);
@@ -249,6 +272,10 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
   st_t* cs_g = rs_aux + BM;                                           // [BN] each: per-column g, lse, aux
   st_t* cs_lse = cs_g + BN;
   st_t* cs_aux = cs_lse + BN;
+  int64_t* rs_rank = cs_lab + BN;  // OPT: [BM] and [BN] ranks, [BM] and [BN] pv
+  int64_t* cs_rank = rs_rank + BM;
+  st_t* rs_pv = cs_aux + BN;
+  st_t* cs_pv = rs_pv + BM;
 
   const int tid = threadIdx.x;
   const plan::BwdItem item = plan::bwd_item(p.plan, blockIdx.x);
@@ -289,11 +316,14 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
       rs_g[r] = p.g[i];
       rs_lse[r] = p.lse[i];
       rs_aux[r] = p.aux[i];
+      if constexpr (OPT) rs_pv[r] = p.pv[i];
     } else {
       rs_g[r] = st_t(0);
       rs_lse[r] = st_t(0);
       rs_aux[r] = st_t(0);
+      if constexpr (OPT) rs_pv[r] = st_t(0);
     }
+    if constexpr (OPT) rs_rank[r] = valid ? p.rule.rank_of(gr) : 0;
   }
 
   int zr_chunk = -1;
@@ -313,11 +343,14 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
           cs_g[c] = p.g[i];
           cs_lse[c] = p.lse[i];
           cs_aux[c] = p.aux[i];
+          if constexpr (OPT) cs_pv[c] = p.pv[i];
         } else {
           cs_g[c] = st_t(0);
           cs_lse[c] = st_t(0);
           cs_aux[c] = st_t(0);
+          if constexpr (OPT) cs_pv[c] = st_t(0);
         }
+        if constexpr (OPT) cs_rank[c] = valid ? p.rule.rank_of(gc) : 0;
       }
       typename E::SAcc acc;
       E::s_zero(acc);
@@ -343,7 +376,18 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
         st_t h = st_t(0);
         if (r < rows_valid && c < cols_valid) {
           const int64_t gr = r0 + r, gc = col_start + c0 + c;
-          if (gr != gc) {
+          if (OPT && gr != gc) {
+            const st_t s = S[r * E::LDS + c];
+            // row anchor r's set of column c, and column anchor c's set of row r (not symmetric)
+            if (rs_g[r] != st_t(0) || rs_aux[r] != st_t(0)) {
+              const int set = p.rule.classify(rs_lab[r], rs_rank[r], cs_lab[c], cs_rank[c]);
+              h += opt_h_term(s, rs_g[r], rs_lse[r], rs_aux[r], rs_pv[r], set, p.rule, p.variant_in);
+            }
+            if (cs_g[c] != st_t(0) || cs_aux[c] != st_t(0)) {
+              const int set = p.rule.classify(cs_lab[c], cs_rank[c], rs_lab[r], rs_rank[r]);
+              h += opt_h_term(s, cs_g[c], cs_lse[c], cs_aux[c], cs_pv[c], set, p.rule, p.variant_in);
+            }
+          } else if (gr != gc) {
             const st_t s = S[r * E::LDS + c];
             const bool same = rs_lab[r] == cs_lab[c];
             const st_t gi = rs_g[r];

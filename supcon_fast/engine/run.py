@@ -6,7 +6,7 @@ say what actually ran, not what was asked for: the device, the network's autocas
 numbers of train / val images), the data backend the loaders report (``torch`` when
 ``--backend auto`` fell back from DALI), the queue (``queue`` rows, 0: none; ``queue_momentum``,
 None without a queue), and for the contrastive losses the denominator mode, the positives cap and the
-``loss_path`` taken (``fused`` or ``reference``: the CUDA kernels lack the official options).
+``loss_path`` taken (``fused`` or ``reference``).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def run_info(cfg: dict, rt: Runtime, loaders: Loaders) -> dict:
     # the queue as it runs: its momentum only matters with a queue
     queue = cfg.get("queue", 0)
     info.update(queue=queue, queue_momentum=cfg.get("queue_momentum") if queue else None)
-    if cfg["loss"] != "ce":   # the path the loss takes here: the CUDA kernels lack the official options
+    if cfg["loss"] != "ce":   # the path the loss takes here (the reference where no fused kernel exists)
         info.update(denominator=cfg["denominator"], positives_cap=cfg["positives_cap"],
                     loss_path=loss_path(rt.device, cfg["loss_impl"], denominator=cfg["denominator"],
                                         positives_cap=cfg["positives_cap"]))

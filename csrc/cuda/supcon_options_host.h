@@ -1,0 +1,76 @@
+// Host side of the loss options in the CUDA op (supcon_cuda.cu; kernels: supcon_options.cuh):
+// the fp64 capped class sums of the 'out' positive term, and the backward's per-anchor inputs.
+// ATen calls only (device tensors in, device tensors out, no host synchronization).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../supcon.h"
+#include "cuda_compat.cuh"
+
+namespace supcon_fast {
+namespace SUPCON_CUDA_NS {
+namespace {
+
+// class_sum_dots under a cap of `cap` samples: z_a . (K_a - z_a), K_a the sum of the rows kept as
+// a's positives or a itself, in fp64. Kept (supcon_options.cuh): the rows of a's class whose sample
+// rank is below the cap, plus the rows of rank r* = max(rank_a, cap) (a's own sample, or the one more
+// the cap allows when a is among the first). Sums over (class, rank) ranges come from a prefix sum
+// over the rows sorted by the key dense class id * (R + 1) + rank: sorts, scans and binary searches
+// again, no host synchronization.
+at::Tensor capped_class_sum_dots(const at::Tensor& z, const at::Tensor& labels, const at::Tensor& rank, int64_t cap,
+                                 int64_t offset, int64_t M) {
+  const int64_t R = z.size(0), D = z.size(1);
+  const auto by_label = labels.sort(/*stable=*/true, 0, false);
+  const at::Tensor& lab_sorted = std::get<0>(by_label);
+  // dense class ids: the number of label changes before each row in label order
+  const at::Tensor change = at::cat({at::zeros({1}, labels.options()),
+                                     lab_sorted.narrow(0, 1, R - 1).ne(lab_sorted.narrow(0, 0, R - 1)).to(at::kLong)});
+  const at::Tensor cid = at::empty_like(labels).index_put_({std::get<1>(by_label)}, change.cumsum(0));
+  const at::Tensor key = cid * (R + 1) + rank;
+  const auto by_key = key.sort(/*stable=*/true, 0, false);
+  const at::Tensor& keys = std::get<0>(by_key);
+  const at::Tensor z64 = z.to(at::kDouble);
+  const at::Tensor prefix = at::cat({at::zeros({1, D}, z64.options()), z64.index_select(0, std::get<1>(by_key)).cumsum(0)});
+  const at::Tensor base = cid.narrow(0, offset, M) * (R + 1);
+  const at::Tensor rstar = rank.narrow(0, offset, M).clamp_min(cap);
+  auto at_key = [&](const at::Tensor& k, bool right) {
+    return prefix.index_select(0, at::searchsorted(keys, k, /*out_int32=*/false, right));
+  };
+  const at::Tensor za = z64.narrow(0, offset, M);
+  const at::Tensor kept = (at_key(base + cap, false) - at_key(base, false)) +
+                          (at_key(base + rstar, true) - at_key(base + rstar, false)) - za;
+  return (za * kept).sum(1).contiguous();
+}
+
+// The options' per-anchor backward inputs (supcon_options.cuh) from the forward's statistics, 0 (and
+// finite) where the anchor has no positive: gd, gp, pv in the statistics dtype.
+struct OptionStats {
+  at::Tensor gd, gp, pv, lse;
+};
+OptionStats option_stats(const at::Tensor& g, const at::Tensor& has_pos, const at::Tensor& npos, const at::Tensor& lse_in,
+                         const at::Tensor& pos_in, const at::Tensor& coef_in, bool variant_in, const ContrastOptions& opt) {
+  const auto st = g.scalar_type();
+  const at::Tensor zero = at::zeros({}, g.options());
+  const auto clean = [&](const at::Tensor& t) { return at::where(has_pos, t.to(st), zero).contiguous(); };
+  const at::Tensor inv_np = npos.clamp_min(1).to(st).reciprocal();
+  const at::Tensor pos = clean(pos_in);
+  OptionStats o;
+  o.lse = clean(lse_in);
+  if (opt.denominator == kDenOnePositive) {
+    TORCH_CHECK(coef_in.defined() && coef_in.dim() == 1 && coef_in.size(0) == g.size(0),
+                "supcon_bwd: denominator 'one_positive' needs coef, [M] = [", g.size(0), "] from supcon_fwd");
+    o.gd = clean(g * coef_in.to(st));
+    o.gp = clean(variant_in ? g * (-pos).exp() : g * inv_np);
+    o.pv = at::zeros_like(g);
+  } else {
+    o.gd = g.contiguous();
+    o.gp = clean(variant_in ? g : g * inv_np);
+    o.pv = variant_in ? pos : at::zeros_like(g);
+  }
+  return o;
+}
+
+}  // namespace
+}  // namespace SUPCON_CUDA_NS
+}  // namespace supcon_fast

@@ -17,52 +17,9 @@ import torch
 
 from supcon_fast import ops, supcon_loss
 from supcon_fast.reference import supcon_loss_reference
-from supcon_fast.testing import ARCHS, cuda_emulation
+from supcon_fast.testing import ARCHS
 
-# (schedule, seed, poison) of the three emulated runs of every op call
-EMU_RUNS = [("ascending", 0, 1), ("descending", 0, 2), ("shuffled", 7, 1)]
-
-
-def assert_bitwise_equal(a, b, what):
-    if isinstance(a, (tuple, list)):
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f"{what}[{i}]")
-        return
-    assert a.dtype == b.dtype and a.shape == b.shape, what
-    int_view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    diff = (a.contiguous().view(int_view) != b.contiguous().view(int_view))
-    assert not diff.any(), f"{what}: {int(diff.sum())} elements differ between thread schedules / poison patterns"
-
-
-class Backend:
-    """Where the op runs: ``device`` for the tensors, and ``run(fn)`` to call the op.
-
-    cuda: fn() on the GPU. emu: fn() on CPU tensors inside cuda_emulation(), once per EMU_RUNS entry;
-    the results must agree bitwise, the first is returned."""
-
-    def __init__(self, name, **emulation):
-        self.name = name
-        self.device = "cuda" if name == "cuda" else "cpu"
-        self.emulated = name == "emu"
-        self.emulation = emulation  # more cuda_emulation() arguments (arch, sm_count)
-        self.launches = []          # the emulated launches of the last run()
-
-    def run(self, fn):
-        if not self.emulated:
-            return fn()
-        results = []
-        for schedule, seed, poison in EMU_RUNS:
-            with cuda_emulation(schedule, seed, poison=poison, **self.emulation) as emu:
-                results.append(fn())
-            self.launches = emu.launches
-        for other, (schedule, _, poison) in zip(results[1:], EMU_RUNS[1:]):
-            assert_bitwise_equal(results[0], other, f"{schedule} schedule, poison {poison}")
-        return results[0]
-
-    def size(self, gpu, emulated):
-        """A problem size: the GPU's, or the emulation's (same code paths, affordable on a CPU)."""
-        return emulated if self.emulated else gpu
-
+from helpers import Backend, assert_bitwise_equal
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_cuda_build = pytest.mark.skipif(not ops.has_kernel("cuda"), reason="supcon_fast._C built without CUDA kernels")

@@ -8,7 +8,7 @@ tile); every dtype; both variants and contrast modes; labels none / few / one / 
 import pytest
 import torch
 
-from helpers import loss_and_grad, sample_inputs
+from helpers import Backend, loss_and_grad, sample_inputs
 from supcon_fast import ops, supcon_loss
 from supcon_fast.reference import cap_ranks, flatten_views, supcon_per_anchor_reference
 
@@ -216,10 +216,10 @@ def test_cuda_kernels_with_a_queue(dtype, variant):
     assert rel_err(grad, grad64) <= 2 * rel_err(grad_low, grad64) + 1e-2
 
 
-def assert_accuracy_rule(dtype, f, y, kw):
-    """fp64 / fp32: within TOL of the fp64 reference; fp16 / bf16: at most twice the reference's own
-    error in that dtype, plus a small eps."""
-    loss, grad = loss_and_grad(fused, f, y, **kw)
+def assert_accuracy_rule(dtype, f, y, kw, result=None):
+    """The fused op's (loss, grad) (computed here unless given) against the fp64 reference: fp64 / fp32
+    within TOL; fp16 / bf16 at most twice the reference's own error in that dtype, plus a small eps."""
+    loss, grad = result if result is not None else loss_and_grad(fused, f, y, **kw)
     loss64, grad64 = loss_and_grad(reference64, f, y, **kw)
     assert grad.dtype == dtype
     if dtype in TOL:
@@ -268,6 +268,35 @@ def test_cuda_kernels_options_with_a_queue(dtype, denominator):
     q = random_queue(61, 24, n_views=1, dtype=dtype, seed=5, unlabelled_every=4)
     assert_accuracy_rule(dtype, f, y, dict(temperature=0.1, variant="out", denominator=denominator, positives_cap=2,
                                            queue=q))
+
+
+@pytest.fixture(params=[pytest.param("emu", marks=pytest.mark.emulated)])
+def be(request):
+    """The emulation in three thread schedules and poison patterns (helpers.Backend), run by the test."""
+    return Backend(request.param)
+
+
+@pytest.mark.parametrize("dtype,dim,arch,kernels", [
+    (torch.bfloat16, 40, "sm_90", ("supcon_fwd_mma_kernel[options]<bf16, DP=64>", "supcon_bwd_mma_kernel[options]<bf16, DP=64>")),
+    (torch.float16, 136, "sm_90", ("supcon_fwd_mma_kernel[options]<fp16, DP=256>", "supcon_bwd_tile_kernel[options]<fp16, BK=128>")),
+    (torch.bfloat16, 264, "sm_90", ("supcon_fwd_tile_kernel[options]<bf16, BK=128>", "supcon_bwd_tile_kernel[options]<bf16, BK=128>")),
+    (torch.float16, 72, "sm_86", ("supcon_fwd_mma_kernel[options]<fp16, DP=128>", "supcon_bwd_mma_kernel[options]<fp16, DP=128>")),
+    (torch.bfloat16, 200, "sm_86", ("supcon_fwd_tile_kernel[options]<bf16, BK=128>", "supcon_bwd_tile_kernel[options]<bf16, BK=64>")),
+    (torch.float32, 33, "sm_90", ("supcon_fwd_tile_kernel[options]<fp32, BK=64>", "supcon_bwd_tile_kernel[options]<fp32, BK=64>")),
+    (torch.float64, 20, "sm_86", ("supcon_fwd_tile_kernel[options]<fp64, BK=32>", "supcon_bwd_tile_kernel[options]<fp64, BK=16>")),
+])
+@pytest.mark.parametrize("denominator,variant", [("one_positive", "in"), ("only_negatives", "out"), ("all", "in")])
+def test_cuda_options_in_every_kernel_family(be, dtype, dim, arch, kernels, denominator, variant):
+    """Each kernel family the host picks for the options (mma.sync and WMMA for fp16 / bf16, by D and
+    the arch's shared memory; FFMA for fp32 / fp64, compact on 99 KB parts): the same bits in three
+    thread schedules and poison patterns, and the accuracy rule against the fp64 reference."""
+    emu = Backend("emu", arch=arch)
+    f, y = sample_inputs(40, 2, dim, labels="few", dtype=dtype, seed=dim)
+    kw = dict(temperature=0.1, variant=variant, denominator=denominator, positives_cap=2)
+    loss, grad = emu.run(lambda: loss_and_grad(fused, f, y, **kw))
+    names = {k["kernel"] for k in emu.launches if "finalize" not in k["kernel"]}
+    assert names == set(kernels), names
+    assert_accuracy_rule(dtype, f, y, kw, result=(loss, grad))
 
 
 @pytest.mark.emulated

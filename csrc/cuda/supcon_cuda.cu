@@ -89,20 +89,25 @@ at::Tensor class_sum_dots(const at::Tensor& z, const at::Tensor& labels, int64_t
 // A forward configuration is an mma.sync one (MmaFwd) or a tile engine; Engine is the tile engine
 // whose FwdPartial layout and finalize kernel it uses.
 template <class C> struct IsMmaFwd : std::false_type { using Engine = C; };
-template <typename T, int DP> struct IsMmaFwd<MmaFwd<T, DP>> : std::true_type {
-  using Engine = typename MmaFwd<T, DP>::E;
+template <typename T, int DP, bool OPT> struct IsMmaFwd<MmaFwd<T, DP, OPT>> : std::true_type {
+  using Engine = typename MmaFwd<T, DP, OPT>::E;
 };
 
 // Calls fn(C()) with the forward's kernel configuration for D on a device with `optin` bytes of
 // shared memory per block: for fp16 / bf16 the mma.sync kernel with D padded to 64, 128 or 256
-// where that fits, else the tile engine's kernel (also for fp32 / fp64, and for the loss options,
-// which only the tile kernels have). The one place that decides.
+// where that fits (its options version for the loss options), else the tile engine's kernel (also for
+// fp32 / fp64). The one place that decides.
 template <typename scalar_t, class Fn>
 void with_fwd_config(int64_t D, int optin, bool options, Fn&& fn) {
   using E = typename EngineFor<scalar_t>::type;
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
-    if (options) return fn(E());
     using T = typename E::in_t;
+    if (options) {
+      if (D <= 64 && MmaFwd<T, 64, true>::bytes <= optin) return fn(MmaFwd<T, 64, true>());
+      if (D <= 128 && MmaFwd<T, 128, true>::bytes <= optin) return fn(MmaFwd<T, 128, true>());
+      if (D <= 256 && MmaFwd<T, 256, true>::bytes <= optin) return fn(MmaFwd<T, 256, true>());
+      return fn(E());
+    }
     if (D <= 64 && MmaFwd<T, 64>::bytes <= optin) return fn(MmaFwd<T, 64>());
     if (D <= 128 && MmaFwd<T, 128>::bytes <= optin) return fn(MmaFwd<T, 128>());
     if (D <= 256 && MmaFwd<T, 256>::bytes <= optin) return fn(MmaFwd<T, 256>());
@@ -127,9 +132,10 @@ void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t of
   if constexpr (IsMmaFwd<C>::value) {
     MmaFwdParams<C> p{reinterpret_cast<const uint16_t*>(z.data_ptr()), labels.data_ptr<int64_t>(), z.size(0),
                       z.size(1), offset, M, fp.tiles_per_split, static_cast<float>(1.0 / temperature), variant_in,
-                      vec_ok(z), static_cast<FwdPartial<E>*>(ws)};
+                      vec_ok(z), static_cast<FwdPartial<E>*>(ws), pass.rule, pass.second_pass, pass.nl};
     set_smem(supcon_fwd_mma_kernel<C>, C::bytes, "supcon_fwd");
-    launch(supcon_fwd_mma_kernel<C>, std::string("supcon_fwd_mma_kernel<") + C::kName + ", DP=" + std::to_string(C::DP) + ">",
+    launch(supcon_fwd_mma_kernel<C>, std::string(C::OPT ? "supcon_fwd_mma_kernel[options]<" : "supcon_fwd_mma_kernel<") +
+                                         C::kName + ", DP=" + std::to_string(C::DP) + ">",
            grid, dim3(C::NT), C::bytes, C::NT, p);
   } else {
     using st_t = typename E::st_t;
@@ -184,12 +190,13 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
     at::Tensor ws = empty_output({fp.splits * M * static_cast<int64_t>(sizeof(FwdPartial<E>))},
                                  z.options().dtype(at::kByte));
     FwdPass<st_t> pass;
-    if (options) {
-      pass.rule = set_rule(opt);
-      if constexpr (!IsMmaFwd<C>::value) launch_fwd_kernel<C, true>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
-    } else {
-      launch_fwd_kernel<C, false>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
-    }
+    if (options) pass.rule = set_rule(opt);
+    auto run_pass = [&] {  // an mma.sync configuration knows whether it has the options
+      if constexpr (IsMmaFwd<C>::value) launch_fwd_kernel<C, C::OPT>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+      else if (options) launch_fwd_kernel<C, true>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+      else launch_fwd_kernel<C, false>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+    };
+    run_pass();
     const at::Tensor pos_dot = exact_out_dots<E>(z, labels, offset, M, variant_in, opt);
     const auto* partials = static_cast<const FwdPartial<E>*>(ws.data_ptr());
     const dim3 grid(static_cast<unsigned>(ceil_div(M, 256)));
@@ -202,7 +209,7 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
     // pass sums the positives' terms given it.
     pass.second_pass = true;
     pass.nl = out.lse.data_ptr<st_t>();
-    if constexpr (!IsMmaFwd<C>::value) launch_fwd_kernel<C, true>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+    run_pass();
     launch(supcon_fwd_one_positive_finalize_kernel<E, FwdPartial<E>>,
            kernel_name<E>("supcon_fwd_one_positive_finalize_kernel"), grid, dim3(256), 0, 0, partials, fp.splits, M,
            variant_in, static_cast<const int64_t*>(out.npos.data_ptr<int64_t>()), out.loss.data_ptr<st_t>(),
@@ -211,20 +218,25 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
 }
 
 template <class C> struct IsMmaBwd : std::false_type {};
-template <typename T, int DP> struct IsMmaBwd<MmaBwd<T, DP>> : std::true_type {};
+template <typename T, int DP, bool OPT> struct IsMmaBwd<MmaBwd<T, DP, OPT>> : std::true_type {};
 
 // Calls fn(C()) with the backward's configuration for D on a device with `optin` bytes of shared
 // memory per block: for fp16 / bf16 with D <= 128 the mma.sync kernel, else the tile engine, its
 // default where it fits and the compact one (a smaller D chunk) on 99 KB parts. The loss options
-// run on the tile engines only.
+// take the options versions of the same kernels.
 template <typename scalar_t, class Fn>
 void with_bwd_config(int64_t D, int optin, bool options, Fn&& fn) {
   using E = typename EngineFor<scalar_t>::type;
   using Cmp = typename EngineFor<scalar_t>::compact;
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
     using T = typename E::in_t;
-    if (!options && D <= 64 && MmaBwd<T, 64>::bytes <= optin) return fn(MmaBwd<T, 64>());
-    if (!options && D <= 128 && MmaBwd<T, 128>::bytes <= optin) return fn(MmaBwd<T, 128>());
+    if (options) {
+      if (D <= 64 && MmaBwd<T, 64, true>::bytes <= optin) return fn(MmaBwd<T, 64, true>());
+      if (D <= 128 && MmaBwd<T, 128, true>::bytes <= optin) return fn(MmaBwd<T, 128, true>());
+    } else {
+      if (D <= 64 && MmaBwd<T, 64>::bytes <= optin) return fn(MmaBwd<T, 64>());
+      if (D <= 128 && MmaBwd<T, 128>::bytes <= optin) return fn(MmaBwd<T, 128>());
+    }
   }
   const int bytes = options ? SmemLayout<E, true>::bwd_bytes : SmemLayout<E>::bwd_bytes;
   if (bytes <= optin) fn(E());
@@ -254,9 +266,11 @@ void launch_bwd_kernel(const BwdInputs& in, const plan::BwdPlan& bp, at::Tensor&
                       vec_ok(in.z), in.g.data_ptr<float>(), in.lse.data_ptr<float>(), in.aux.data_ptr<float>(),
                       in.gmax.data_ptr<float>(), heavy.defined() ? heavy.data_ptr<float>() : nullptr,
                       light.defined() ? light.data_ptr<float>() : nullptr,
-                      reinterpret_cast<typename C::in_t*>(grad.data_ptr())};
+                      reinterpret_cast<typename C::in_t*>(grad.data_ptr()), in.rule, nullptr};
+    if constexpr (C::OPT) p.pv = in.pv->data_ptr<float>();  // the configuration, not OPT, says (with_bwd_config)
     set_smem(supcon_bwd_mma_kernel<C>, C::bytes, "supcon_bwd");
-    launch(supcon_bwd_mma_kernel<C>, std::string("supcon_bwd_mma_kernel<") + C::kName + ", DP=" + std::to_string(C::DP) + ">",
+    launch(supcon_bwd_mma_kernel<C>, std::string(C::OPT ? "supcon_bwd_mma_kernel[options]<" : "supcon_bwd_mma_kernel<") +
+                                         C::kName + ", DP=" + std::to_string(C::DP) + ">",
            grid, dim3(C::NT), C::bytes, C::NT, p);
   } else {
     using E = C;
@@ -298,11 +312,7 @@ void launch_bwd(const BwdInputs& in, at::Tensor& grad) {
   at::Tensor heavy, light;
   if (bp.heavy_parts > 1) heavy = empty_output({bp.heavy_parts * bp.heavy_count * C::BM, D}, st_opts);
   if (bp.light_parts > 1) light = empty_output({bp.light_parts * bp.light_count * C::BM, D}, st_opts);
-  if constexpr (OPT && IsMmaBwd<C>::value) {
-    TORCH_CHECK(false, "supcon_bwd: the options run on the tile kernels");
-  } else {
-    launch_bwd_kernel<C, OPT>(in, bp, heavy, light, grad);
-  }
+  launch_bwd_kernel<C, OPT>(in, bp, heavy, light, grad);
   // Rows of cut blocks get the fixed-order sum of their parts: heavy rows are one range [h0, h1),
   // light rows lie before and after it.
   const int64_t h0 = bp.heavy_first * C::BM, h1 = std::min(N, (bp.heavy_first + bp.heavy_count) * C::BM);

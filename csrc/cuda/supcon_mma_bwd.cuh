@@ -9,6 +9,8 @@
 //   - column tiles and their per-anchor statistics double-buffered with cp.async.
 // exp(s - lse) is ex2((s - lse) log2(e)): s - lse is formed first, so an anchor whose only term is
 // its own maximum gets exactly 1 (and its gradient exactly 0), as in the reference.
+// OPT: the loss options (supcon_options.cuh) on the guarded path only, every element classified twice
+// (row anchor, column anchor); statistics g = gd, aux = gp, and pv.
 #pragma once
 
 #include <cstdint>
@@ -19,19 +21,21 @@
 namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
 
-template <typename T, int DP_>
+template <typename T, int DP_, bool OPT_ = false>
 struct MmaBwd {
   using in_t = T;
   using st_t = float;
   static constexpr const char* kName = TcEngine<T>::kName;
   static constexpr int BM = 64, BN = 64, NT = 128, DP = DP_;
+  static constexpr bool OPT = OPT_;
+  static constexpr int NSTAT = OPT ? 4 : 3;  // per-column floats: g, lse, aux (OPT: pv)
   static constexpr int KSTEPS = DP / 16;
   static constexpr int LDZ = DP + 8;  // halves, as the forward: 16-byte rows, conflict-free ldmatrix
   static_assert(DP == 64 || DP == 128, "the output rows [16 x DP] live in registers: D <= 128");
   // shared memory, bytes: row tile, two column-tile stages, two stages of column statistics
-  // (g, lse, aux as floats, then the labels)
+  // (NSTAT floats, then the labels; OPT: then the ranks)
   static constexpr int kZr = align128(BM * LDZ * 2), kZc = align128(BN * LDZ * 2);
-  static constexpr int kStat = align128(BN * (3 * (int)sizeof(float) + (int)sizeof(int64_t)));
+  static constexpr int kStat = align128(BN * (NSTAT * (int)sizeof(float) + (OPT ? 2 : 1) * (int)sizeof(int64_t)));
   static constexpr int zr = 0, zc0 = kZr, stat0 = kZr + 2 * kZc;
   static constexpr int bytes = stat0 + 2 * kStat;
 };
@@ -52,6 +56,9 @@ struct MmaBwdParams {
   float* partial_heavy;
   float* partial_light;
   typename C::in_t* grad_out;
+  // OPT only (supcon_options.cuh)
+  SetRule rule;
+  const float* pv;
 };
 
 // One anchor's share of H_rc: g (exp(s - lse) - [same] ('in': exp(s - aux) | 'out': aux)).
@@ -115,7 +122,8 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
   uint16_t* Zr = reinterpret_cast<uint16_t*>(smem + C::zr);
   auto zc = [&](int k) { return reinterpret_cast<uint16_t*>(smem + C::zc0 + k * C::kZc); };
   auto cstat = [&](int k) { return reinterpret_cast<float*>(smem + C::stat0 + k * C::kStat); };  // g, lse, aux
-  auto clab = [&](int k) { return reinterpret_cast<int64_t*>(smem + C::stat0 + k * C::kStat + 3 * BN * 4); };
+  auto clab = [&](int k) { return reinterpret_cast<int64_t*>(smem + C::stat0 + k * C::kStat + C::NSTAT * BN * 4); };
+  auto crank = [&](int k) { return clab(k) + BN; };  // OPT
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t4 = lane & 3;
   const plan::BwdItem item = plan::bwd_item(p.plan, blockIdx.x);
@@ -145,7 +153,8 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
   // This lane's two rows (g and g + 8 of the warp's 16) and their statistics, in registers.
   int rl[2];
   int64_t gr[2], rlab[2];
-  float rg[2], rlse[2], raux[2];
+  float rg[2], rlse[2], raux[2], rpv[2] = {0.f, 0.f};
+  int64_t rrank[2] = {0, 0};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     rl[h] = warp * 16 + (lane >> 2) + 8 * h;
@@ -155,6 +164,10 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
     rg[h] = anchor ? p.g[gr[h] - p.offset] : 0.f;  // 0: no anchor-side term
     rlse[h] = anchor ? p.lse[gr[h] - p.offset] : 0.f;
     raux[h] = anchor ? p.aux[gr[h] - p.offset] : 0.f;
+    if constexpr (C::OPT) {
+      rpv[h] = anchor ? p.pv[gr[h] - p.offset] : 0.f;
+      rrank[h] = valid ? p.rule.rank_of(gr[h]) : 0;
+    }
   }
   // The interior tiles' stand-ins where g is 0 (h_term_nb); the guarded code reads lse and aux only
   // where g != 0, where they are unchanged.
@@ -162,10 +175,12 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
   const bool variant_in = p.variant_in;  // once, not a constant-bank load per use
   const float inv_t = p.inv_t;
   const float zaux = variant_in ? INF : 0.f;
+  if constexpr (!C::OPT) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    rlse[h] = rg[h] != 0.f ? rlse[h] : INF;
-    raux[h] = rg[h] != 0.f ? raux[h] : zaux;
+    for (int h = 0; h < 2; ++h) {
+      rlse[h] = rg[h] != 0.f ? rlse[h] : INF;
+      raux[h] = rg[h] != 0.f ? raux[h] : zaux;
+    }
   }
 
   auto load_cols = [&](int stage, int64_t ct) {
@@ -180,8 +195,15 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
       lab[c] = valid ? p.labels[gc] : 0;
       const float g = anchor ? p.g[gc - p.offset] : 0.f;
       st[c] = g;
-      st[BN + c] = g != 0.f ? p.lse[gc - p.offset] : INF;  // stand-ins where g is 0 (h_term_nb)
-      st[2 * BN + c] = g != 0.f ? p.aux[gc - p.offset] : zaux;
+      if constexpr (C::OPT) {  // the host's values (finite, 0 where the anchor has no positive)
+        st[BN + c] = anchor ? p.lse[gc - p.offset] : 0.f;
+        st[2 * BN + c] = anchor ? p.aux[gc - p.offset] : 0.f;
+        st[3 * BN + c] = anchor ? p.pv[gc - p.offset] : 0.f;
+        crank(stage)[c] = valid ? p.rule.rank_of(gc) : 0;
+      } else {
+        st[BN + c] = g != 0.f ? p.lse[gc - p.offset] : INF;  // stand-ins where g is 0 (h_term_nb)
+        st[2 * BN + c] = g != 0.f ? p.aux[gc - p.offset] : zaux;
+      }
     }
   };
 
@@ -211,7 +233,7 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
     const int64_t* lab = clab(stage);
     // an interior tile (full, no diagonal, every row valid: the common case) runs branch-free
     const int64_t cc0 = col_start + c0;
-    const bool interior = rows_valid == BM && cols_valid == BN && (cc0 + BN <= r0 || cc0 >= r0 + BM);
+    const bool interior = !C::OPT && rows_valid == BM && cols_valid == BN && (cc0 + BN <= r0 || cc0 >= r0 + BM);
     if (interior) {
       if (variant_in) mma_h_interior<C, true>(acc, cg, lab, rlab, rg, rlse, raux, inv_t, hscale);
       else mma_h_interior<C, false>(acc, cg, lab, rlab, rg, rlse, raux, inv_t, hscale);
@@ -223,7 +245,18 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
           const int h = i >> 1, c = n * 8 + 2 * t4 + (i & 1);
           const int64_t gc = cc0 + c;
           float hv = 0.f;
-          if (c < cols_valid && rl[h] < rows_valid && gr[h] != gc) {
+          if (C::OPT && c < cols_valid && rl[h] < rows_valid && gr[h] != gc) {
+            const float s = acc[n][i] * inv_t;
+            const int64_t* rk = crank(stage);
+            if (rg[h] != 0.f || raux[h] != 0.f) {  // row anchor: column c in its sets
+              const int set = p.rule.classify(rlab[h], rrank[h], lab[c], rk[c]);
+              hv += opt_h_term(s, rg[h], rlse[h], raux[h], rpv[h], set, p.rule, variant_in);
+            }
+            if (cg[c] != 0.f || cg[2 * BN + c] != 0.f) {  // column anchor: row r in its sets
+              const int set = p.rule.classify(lab[c], rk[c], rlab[h], rrank[h]);
+              hv += opt_h_term(s, cg[c], cg[BN + c], cg[2 * BN + c], cg[3 * BN + c], set, p.rule, variant_in);
+            }
+          } else if (c < cols_valid && rl[h] < rows_valid && gr[h] != gc) {
             const float s = acc[n][i] * inv_t;
             const bool same = lab[c] == rlab[h];
             if (rg[h] != 0.f) hv += h_term(s, rg[h], rlse[h], raux[h], same, variant_in);

@@ -8,30 +8,37 @@
 //   - column tiles double-buffered with cp.async: the next tile loads while this one is computed.
 // The anchor tile [BM x DP] stays in shared memory for the whole block. Output: one FwdPartial per
 // (split, anchor) in natural-log units, merged by supcon_fwd_finalize_kernel (supcon_kernels.cuh).
+// OPT: the loss options (supcon_options.cuh) on the guarded path only (every element classified),
+// including the 'one_positive' second pass.
 #pragma once
 
 #include <cstdint>
 
 #include "mma_ptx.cuh"
 #include "supcon_kernels.cuh"
+#include "supcon_options.cuh"
 
 namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
 
-// Tile configuration of the forward for D padded to DP (a multiple of 64, at most 256).
-template <typename T, int DP_>
+// Tile configuration of the forward for D padded to DP (a multiple of 64, at most 256); OPT: with
+// the loss options.
+template <typename T, int DP_, bool OPT_ = false>
 struct MmaFwd {
   using in_t = T;
   using E = TcEngine<T>;                   // the FwdPartial layout and finalize kernel it shares
   static constexpr const char* kName = E::kName;
   static constexpr int BM = 64, BN = 64, NT = 128, DP = DP_;
+  static constexpr bool OPT = OPT_;
   static constexpr int KSTEPS = DP / 16;
   static constexpr int LDZ = DP + 8;       // halves: 16-byte rows, the 8 rows of an ldmatrix on distinct banks
   static_assert(DP % 64 == 0 && DP <= 256, "D padded to 64, 128, 192 or 256");
-  // shared memory, bytes: anchor tile, two column-tile stages, row labels, two stages of column labels
+  // shared memory, bytes: anchor tile, two column-tile stages, row labels, two stages of column
+  // labels; OPT: the same for the ranks
   static constexpr int kZr = align128(BM * LDZ * 2), kZc = align128(BN * LDZ * 2);
-  static constexpr int zr = 0, zc0 = kZr, lab = kZr + 2 * kZc;
-  static constexpr int bytes = lab + align128((BM + 2 * BN) * (int)sizeof(int64_t));
+  static constexpr int kLab = align128((BM + 2 * BN) * (int)sizeof(int64_t));
+  static constexpr int zr = 0, zc0 = kZr, lab = kZr + 2 * kZc, rank = lab + kLab;
+  static constexpr int bytes = rank + (OPT ? kLab : 0);
 };
 
 // Rows [row0, row0 + rows_valid) of z, all D columns, into dst [ROWS x DP] (ld LDZ), the rest zero:
@@ -183,6 +190,73 @@ __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (
   }
 }
 
+// The options' version of mma_rows_update, guarded on every tile (bounds, diagonal, sets): this lane's
+// two rows' values in a tile into their stats. Pass 1: the denominator set's max and sum, the
+// positives' ('in') or their dots' sum ('out') and count. The 'one_positive' second pass (uniform):
+// acc1 and acc2 into ps and pl, in natural units given the rows' nl (supcon_options.cuh).
+template <class C>
+__device__ __forceinline__ void mma_rows_update_opt(RowStats (&st)[2], const float (&acc)[C::BN / 8][4], float scale2,
+                                                    float inv_t, int64_t c0, int64_t N, const int64_t (&grow)[2],
+                                                    const int64_t (&ylab)[2], const int64_t (&yrank)[2],
+                                                    const int64_t* clab, const int64_t* crank, const SetRule& rule,
+                                                    bool vin, bool second_pass, const float (&nl)[2]) {
+  constexpr int K = C::BN / 4;
+  const float NEG_INF = __int_as_float(0xff800000u);
+  const int t = threadIdx.x & 3;
+  float v[2][K], pv[2][K];  // dot in the denominator set / of a positive, else -inf
+  float tmax[2] = {NEG_INF, NEG_INF}, pmax[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+  for (int n = 0; n < C::BN / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int c = n * 8 + 2 * t + e, k = 2 * n + e;
+        const bool ok = c0 + c < N && c0 + c != grow[h];
+        const int set = ok ? rule.classify(ylab[h], yrank[h], clab[c], crank[c]) : kSetExcluded;
+        const float a = acc[n][2 * h + e];
+        const bool pos = set == kSetPositive;
+        v[h][k] = rule.in_denominator(set) ? a : NEG_INF;
+        pv[h][k] = pos ? a : NEG_INF;
+        if (second_pass) {
+          if (pos) {
+            const float s = a * inv_t;
+            st[h].ps += vin ? dev_sigmoid(s - nl[h]) : dev_softplus(nl[h] - s);
+            st[h].pl += vin ? dev_sigmoid(s - nl[h]) * dev_sigmoid(nl[h] - s) : dev_sigmoid(nl[h] - s);
+          }
+          continue;
+        }
+        tmax[h] = fmaxf(tmax[h], v[h][k]);
+        pmax[h] = fmaxf(pmax[h], pv[h][k]);
+        st[h].np += pos ? 1 : 0;
+        if (!vin && pos) st[h].ps += a;
+      }
+  if (second_pass) return;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float mn = fmaxf(st[h].m, quad_max(tmax[h]));
+    if (mn != NEG_INF) {  // the same in the 4 lanes of the row
+      const float mn2 = mn * scale2;
+      float sum = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) sum += ptx::ex2(v[h][k] * scale2 - mn2);
+      st[h].l = st[h].l * ptx::ex2(st[h].m * scale2 - mn2) + sum;
+      st[h].m = mn;
+    }
+    if (vin) {
+      const float pmn = fmaxf(st[h].pm, quad_max(pmax[h]));
+      if (pmn != NEG_INF) {
+        const float pmn2 = pmn * scale2;
+        float psum = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) psum += ptx::ex2(pv[h][k] * scale2 - pmn2);
+        st[h].pl = st[h].pl * ptx::ex2(st[h].pm * scale2 - pmn2) + psum;
+        st[h].pm = pmn;
+      }
+    }
+  }
+}
+
 template <class C>
 struct MmaFwdParams {
   const uint16_t* z;
@@ -193,6 +267,10 @@ struct MmaFwdParams {
   bool variant_in;
   bool vec;
   FwdPartial<typename C::E>* ws;  // [splits, M]
+  // OPT only (supcon_options.cuh)
+  SetRule rule;
+  bool second_pass;
+  const float* nl;  // [M] the first pass's lse (second pass)
 };
 
 template <class C>
@@ -205,6 +283,8 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   // pointers indexed by the runtime stage would live in local memory)
   auto zc = [&](int k) { return reinterpret_cast<uint16_t*>(smem + C::zc0 + k * C::kZc); };
   auto clab = [&](int k) { return rlab + BM + k * BN; };
+  int64_t* rrank = reinterpret_cast<int64_t*>(smem + C::rank);  // OPT: [BM], then two stages of [BN]
+  auto crank = [&](int k) { return rrank + BM + k * BN; };
 
   const float NEG_INF = __int_as_float(0xff800000u);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -223,9 +303,13 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
     mma_load_rows<C, BN>(zc(stage), p.z, p.D, c0, cols_valid, p.vec);
     int64_t* lab = clab(stage);
     for (int c = tid; c < BN; c += C::NT) lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
+    if constexpr (C::OPT)
+      for (int c = tid; c < BN; c += C::NT) crank(stage)[c] = c < cols_valid ? p.rule.rank_of(c0 + c) : 0;
   };
 
   for (int r = tid; r < BM; r += C::NT) rlab[r] = r < rows_valid ? p.labels[p.offset + r0 + r] : 0;
+  if constexpr (C::OPT)
+    for (int r = tid; r < BM; r += C::NT) rrank[r] = r < rows_valid ? p.rule.rank_of(p.offset + r0 + r) : 0;
   mma_load_rows<C, BM>(Zr, p.z, p.D, p.offset + r0, rows_valid, p.vec);
   if (ct_begin < ct_end) load_cols(0, ct_begin);
   ptx::cp_async_commit();
@@ -235,6 +319,15 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   const int rl[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
   const int64_t grow[2] = {p.offset + r0 + rl[0], p.offset + r0 + rl[1]};
   const int64_t ylab[2] = {rlab[rl[0]], rlab[rl[1]]};
+  int64_t yrank[2] = {0, 0};
+  float nl[2] = {0.f, 0.f};  // OPT, second pass
+  if constexpr (C::OPT) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      yrank[h] = rrank[rl[h]];
+      if (p.second_pass && rl[h] < rows_valid) nl[h] = p.nl[r0 + rl[h]];
+    }
+  }
   RowStats st[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) st[h] = RowStats{NEG_INF, 0.f, NEG_INF, 0.f, 0.f, 0};
@@ -250,7 +343,10 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
     // an interior tile (full, without the diagonal: the common case) skips the bounds and diagonal checks
     const int64_t c0 = ct * BN;
     const bool interior = c0 + BN <= p.N && (c0 + BN <= a0 || c0 >= a0 + BM);
-    if (interior) {
+    if constexpr (C::OPT) {
+      mma_rows_update_opt<C>(st, acc, scale2, p.inv_t, c0, p.N, grow, ylab, yrank, clab(stage), crank(stage), p.rule,
+                             variant_in, p.second_pass, nl);
+    } else if (interior) {
       if (variant_in) mma_rows_update<C, true, true>(st, acc, scale2, c0, p.N, grow, ylab, clab(stage));
       else mma_rows_update<C, true, false>(st, acc, scale2, c0, p.N, grow, ylab, clab(stage));
     } else {
@@ -272,7 +368,7 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
       w.l = l;
       w.pm = st[h].pm * p.inv_t;
       w.pl = pl;
-      w.ps = ps * p.inv_t;
+      w.ps = C::OPT && p.second_pass ? ps : ps * p.inv_t;  // acc1 is in natural units already
       w.npos = np;
     }
   }

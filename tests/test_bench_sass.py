@@ -204,6 +204,14 @@ def test_identify_kernels():
     assert (k["engine"], k["dtype"]) == ("ffma", "fp32")
     assert k["smem_expr"] == "SmemLayout<SimtEngine<float, 64>>::fwd_bytes"
     assert sass_build.identify("_ZN11supcon_fast4cuda26supcon_fwd_finalize_kernelINS0_10SimtEngineIdLi32EEEEEv") is None
+    # the kernels' options versions (a trailing `true` template argument) are not modelled; `false` is the default
+    k = sass_build.identify("_ZN11supcon_fast4cuda21supcon_fwd_mma_kernelINS0_6MmaFwdI13__nv_bfloat16Li256ELb0EEEEEv"
+                            "NS0_12MmaFwdParamsIT_EE")
+    assert k["ctype"] == "MmaFwd<__nv_bfloat16, 256>"
+    assert sass_build.identify("_ZN11supcon_fast4cuda21supcon_fwd_mma_kernelINS0_6MmaFwdI13__nv_bfloat16Li256ELb1EEEEEv"
+                               "NS0_12MmaFwdParamsIT_EE") is None
+    assert sass_build.identify("_ZN11supcon_fast4cuda22supcon_fwd_tile_kernelINS0_8TcEngineI13__nv_bfloat16Li128EEELb1EEEv"
+                               "NS0_9FwdParamsIT_EE") is None
 
 
 def test_select_follows_the_host_rule():

@@ -99,7 +99,7 @@ _DTYPES = {"13__nv_bfloat16": ("bf16", "__nv_bfloat16"), "6__half": ("fp16", "__
 def identify(mangled: str) -> dict | None:
     """kind, engine, dtype and the C++ configuration type of a forward / backward kernel."""
     m = _KERNEL.search(mangled)
-    if not m:
+    if not m or re.match(r"E*Lb1E", mangled[m.end():]):  # not a kernel, or the options version (not modelled)
         return None
     kind, family, cfg, dt, width = m.groups()
     dtype, ctype = _DTYPES[dt]

@@ -56,15 +56,15 @@ bool vec_ok(const at::Tensor& z) {
   return z.size(1) % 8 == 0 && reinterpret_cast<std::uintptr_t>(z.data_ptr()) % 16 == 0;
 }
 
-// The options with the cap ranks contiguous (the kernels index them).
+// The options with the cap ranks as the kernels index them (label_t, contiguous).
 ContrastOptions kernel_options(const ContrastOptions& opt) {
   ContrastOptions o = opt;
-  if (o.cap >= 0) o.cap_rank = o.cap_rank.contiguous();
+  if (o.cap >= 0) o.cap_rank = o.cap_rank.to(at::kInt).contiguous();
   return o;
 }
 
 SetRule set_rule(const ContrastOptions& opt) {
-  return SetRule{opt.cap >= 0 ? opt.cap_rank.data_ptr<int64_t>() : nullptr, opt.cap, static_cast<int>(opt.denominator)};
+  return SetRule{opt.cap >= 0 ? opt.cap_rank.data_ptr<label_t>() : nullptr, opt.cap, static_cast<int>(opt.denominator)};
 }
 
 // z_a . (C_{y_a} - z_a) in fp64 for the anchors a = offset .. offset + M - 1, where C_y is the sum of
@@ -130,7 +130,7 @@ void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t of
   using E = typename IsMmaFwd<C>::Engine;
   const dim3 grid(static_cast<unsigned>(fp.row_blocks), static_cast<unsigned>(fp.splits));
   if constexpr (IsMmaFwd<C>::value) {
-    MmaFwdParams<C> p{reinterpret_cast<const uint16_t*>(z.data_ptr()), labels.data_ptr<int64_t>(), z.size(0),
+    MmaFwdParams<C> p{reinterpret_cast<const uint16_t*>(z.data_ptr()), labels.data_ptr<label_t>(), z.size(0),
                       z.size(1), offset, M, fp.tiles_per_split, static_cast<float>(1.0 / temperature), variant_in,
                       vec_ok(z), static_cast<FwdPartial<E>*>(ws), pass.rule, pass.second_pass, pass.nl};
     set_smem(supcon_fwd_mma_kernel<C>, C::bytes, "supcon_fwd");
@@ -141,7 +141,7 @@ void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t of
     using st_t = typename E::st_t;
     FwdParams<E> p;
     p.z = reinterpret_cast<const typename E::raw_t*>(z.data_ptr());
-    p.labels = labels.data_ptr<int64_t>();
+    p.labels = labels.data_ptr<label_t>();
     p.N = z.size(0);
     p.D = z.size(1);
     p.offset = offset;
@@ -261,7 +261,7 @@ void launch_bwd_kernel(const BwdInputs& in, const plan::BwdPlan& bp, at::Tensor&
   using st_t = typename C::st_t;
   const dim3 grid(static_cast<unsigned>(bp.blocks));
   if constexpr (IsMmaBwd<C>::value) {
-    MmaBwdParams<C> p{reinterpret_cast<const uint16_t*>(in.z.data_ptr()), in.labels.data_ptr<int64_t>(),
+    MmaBwdParams<C> p{reinterpret_cast<const uint16_t*>(in.z.data_ptr()), in.labels.data_ptr<label_t>(),
                       in.z.size(0), in.z.size(1), in.offset, in.M, bp, static_cast<float>(in.inv_t), in.variant_in,
                       vec_ok(in.z), in.g.data_ptr<float>(), in.lse.data_ptr<float>(), in.aux.data_ptr<float>(),
                       in.gmax.data_ptr<float>(), heavy.defined() ? heavy.data_ptr<float>() : nullptr,
@@ -276,7 +276,7 @@ void launch_bwd_kernel(const BwdInputs& in, const plan::BwdPlan& bp, at::Tensor&
     using E = C;
     BwdParams<E> p;
     p.z = reinterpret_cast<const typename E::raw_t*>(in.z.data_ptr());
-    p.labels = in.labels.data_ptr<int64_t>();
+    p.labels = in.labels.data_ptr<label_t>();
     p.N = in.z.size(0);
     p.D = in.z.size(1);
     p.offset = in.offset;
@@ -347,7 +347,7 @@ FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, 
   const at::Tensor z = contrast_set(z_in, opt);
   if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong)), coef};
 
-  const at::Tensor labels = labels_in.contiguous();
+  const at::Tensor labels = kernel_labels(labels_in);  // dense class ids (label_t)
   // npos comes out of the kernels (they compare every label pair anyway): no host synchronization.
   at::Tensor npos = empty_output({M}, z_in.options().dtype(at::kLong));
 
@@ -371,7 +371,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
   const int64_t N = z.size(0), D = z.size(1), M = num_anchors;
   if (M == 0 || N == 0 || D == 0) return at::zeros({z_in.size(0), D}, z_in.options());
 
-  const at::Tensor labels = labels_in.contiguous();
+  const at::Tensor labels = kernel_labels(labels_in);  // dense class ids (label_t)
   const auto st = stat_dtype(z);
   const at::Tensor npos = npos_in.contiguous();
   const at::Tensor has_pos = npos > 0;

@@ -39,6 +39,11 @@ __device__ __forceinline__ void lse_merge(T& m, T& l, T m2, T l2) {
   m = mn;
 }
 
+// The kernels' labels and cap ranks: dense class ids and ranks, 0 .. R - 1 (the host relabels the
+// op's int64 labels without a host synchronization: supcon_options_host.h), so one 32-bit compare
+// tests a pair.
+using label_t = int32_t;
+
 __host__ __device__ constexpr int align128(int bytes) { return (bytes + 127) / 128 * 128; }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,7 +265,7 @@ struct SmemLayout {
   static constexpr int kZc = align128(E::BN * E::LDK * (int)sizeof(typename E::raw_t));
   static constexpr int kS = align128(E::BM * E::LDS * (int)sizeof(st_t));
   static constexpr int kH = align128(E::BM * E::LDH * (int)sizeof(typename E::h_t));
-  static constexpr int kLab = align128((OPT ? 2 : 1) * (E::BM + E::BN) * (int)sizeof(int64_t));
+  static constexpr int kLab = align128((OPT ? 2 : 1) * (E::BM + E::BN) * (int)sizeof(label_t));
   static constexpr int kStats = align128((OPT ? 4 : 3) * (E::BM + E::BN) * (int)sizeof(st_t));
   // offsets
   static constexpr int zr = 0, zc = kZr, s = kZr + kZc;

@@ -37,7 +37,7 @@ struct FwdPartial {
 template <class E>
 struct FwdParams {
   const typename E::raw_t* z;
-  const int64_t* labels;
+  const label_t* labels;  // [R] dense class ids
   int64_t N, D, offset, M;
   int64_t tiles_per_split;
   typename E::st_t inv_t;
@@ -63,10 +63,10 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   raw_t* Zr = reinterpret_cast<raw_t*>(smem + L::zr);
   raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::zc);
   st_t* S = reinterpret_cast<st_t*>(smem + L::s);
-  int64_t* rs_lab = reinterpret_cast<int64_t*>(smem + L::fwd_lab);  // [BM] labels of the block's rows
-  int64_t* cs_lab = rs_lab + BM;                                     // [BN] labels of the tile's columns
-  int64_t* rs_rank = cs_lab + BN;                                    // OPT: [BM] ranks of the rows
-  int64_t* cs_rank = rs_rank + BM;                                   // OPT: [BN] ranks of the columns
+  label_t* rs_lab = reinterpret_cast<label_t*>(smem + L::fwd_lab);  // [BM] labels of the block's rows
+  label_t* cs_lab = rs_lab + BM;                                     // [BN] labels of the tile's columns
+  label_t* rs_rank = cs_lab + BN;                                    // OPT: [BM] ranks of the rows
+  label_t* cs_rank = rs_rank + BM;                                   // OPT: [BN] ranks of the columns
 
   const st_t NEG_INF = dev_neg_inf(st_t());
   const int tid = threadIdx.x;
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
       }
     } else if (my_r < rows_valid) {
       const st_t* Srow = S + my_r * E::LDS;
-      const int64_t ya = rs_lab[my_r];
+      const label_t ya = rs_lab[my_r];
       st_t tmax = NEG_INF, tpmax = NEG_INF;
       for (int c = my_h; c < cols_valid; c += TPR) {
         if (c0 + c == my_gr) continue;  // the anchor itself
@@ -229,7 +229,7 @@ __global__ void supcon_fwd_finalize_kernel(const FwdPartial<E>* __restrict__ ws,
 template <class E>
 struct BwdParams {
   const typename E::raw_t* z;
-  const int64_t* labels;
+  const label_t* labels;  // [R] dense class ids
   int64_t N, D, offset, M;
   plan::BwdPlan plan;                // gridDim.x == plan.blocks
   typename E::st_t inv_t;
@@ -264,16 +264,16 @@ __global__ void __launch_bounds__(E::NT, E::kBwdMinBlocks) supcon_bwd_tile_kerne
   raw_t* Zc = reinterpret_cast<raw_t*>(smem + L::zc);
   st_t* S = reinterpret_cast<st_t*>(smem + L::s);
   h_t* H = reinterpret_cast<h_t*>(smem + L::h);
-  int64_t* rs_lab = reinterpret_cast<int64_t*>(smem + L::bwd_lab);  // [BM] labels of the block's rows
-  int64_t* cs_lab = rs_lab + BM;                                     // [BN] labels of the tile's columns
+  label_t* rs_lab = reinterpret_cast<label_t*>(smem + L::bwd_lab);  // [BM] labels of the block's rows
+  label_t* cs_lab = rs_lab + BM;                                     // [BN] labels of the tile's columns
   st_t* rs_g = reinterpret_cast<st_t*>(smem + L::bwd_stats);         // [BM] each: per-row g, lse, aux
   st_t* rs_lse = rs_g + BM;
   st_t* rs_aux = rs_lse + BM;
   st_t* cs_g = rs_aux + BM;                                           // [BN] each: per-column g, lse, aux
   st_t* cs_lse = cs_g + BN;
   st_t* cs_aux = cs_lse + BN;
-  int64_t* rs_rank = cs_lab + BN;  // OPT: [BM] and [BN] ranks, [BM] and [BN] pv
-  int64_t* cs_rank = rs_rank + BM;
+  label_t* rs_rank = cs_lab + BN;  // OPT: [BM] and [BN] ranks, [BM] and [BN] pv
+  label_t* cs_rank = rs_rank + BM;
   st_t* rs_pv = cs_aux + BN;
   st_t* cs_pv = rs_pv + BM;
 

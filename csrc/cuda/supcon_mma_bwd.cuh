@@ -35,7 +35,7 @@ struct MmaBwd {
   // shared memory, bytes: row tile, two column-tile stages, two stages of column statistics
   // (NSTAT floats, then the labels; OPT: then the ranks)
   static constexpr int kZr = align128(BM * LDZ * 2), kZc = align128(BN * LDZ * 2);
-  static constexpr int kStat = align128(BN * (NSTAT * (int)sizeof(float) + (OPT ? 2 : 1) * (int)sizeof(int64_t)));
+  static constexpr int kStat = align128(BN * (NSTAT * (int)sizeof(float) + (OPT ? 2 : 1) * (int)sizeof(label_t)));
   static constexpr int zr = 0, zc0 = kZr, stat0 = kZr + 2 * kZc;
   static constexpr int bytes = stat0 + 2 * kStat;
 };
@@ -43,7 +43,7 @@ struct MmaBwd {
 template <class C>
 struct MmaBwdParams {
   const uint16_t* z;
-  const int64_t* labels;
+  const label_t* labels;  // [R] dense class ids
   int64_t N, D, offset, M;
   plan::BwdPlan plan;  // gridDim.x == plan.blocks
   float inv_t;
@@ -90,15 +90,15 @@ __device__ __forceinline__ float h_term_nb(float s, float g, float lse, float au
 // of an n8 block (labels, g, lse, aux) once for both rows. hv = (0 + row term) + column term, as the
 // guarded code sums it.
 template <class C, bool VIN>
-__device__ __forceinline__ void mma_h_interior(float (&acc)[C::BN / 8][4], const float* cg, const int64_t* lab,
-                                               const int64_t (&rlab)[2], const float (&rg)[2], const float (&rlse)[2],
+__device__ __forceinline__ void mma_h_interior(float (&acc)[C::BN / 8][4], const float* cg, const label_t* lab,
+                                               const label_t (&rlab)[2], const float (&rg)[2], const float (&rlse)[2],
                                                const float (&raux)[2], float inv_t, float hscale) {
   constexpr int BN = C::BN;
   const int t4 = threadIdx.x & 3;
 #pragma unroll
   for (int n = 0; n < BN / 8; ++n) {
     const int c = n * 8 + 2 * t4;
-    const int64_t cl[2] = {lab[c], lab[c + 1]};
+    const label_t cl[2] = {lab[c], lab[c + 1]};
     const float gk[2] = {cg[c], cg[c + 1]}, lk[2] = {cg[BN + c], cg[BN + c + 1]},
                 ak[2] = {cg[2 * BN + c], cg[2 * BN + c + 1]};
 #pragma unroll
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
   uint16_t* Zr = reinterpret_cast<uint16_t*>(smem + C::zr);
   auto zc = [&](int k) { return reinterpret_cast<uint16_t*>(smem + C::zc0 + k * C::kZc); };
   auto cstat = [&](int k) { return reinterpret_cast<float*>(smem + C::stat0 + k * C::kStat); };  // g, lse, aux
-  auto clab = [&](int k) { return reinterpret_cast<int64_t*>(smem + C::stat0 + k * C::kStat + C::NSTAT * BN * 4); };
+  auto clab = [&](int k) { return reinterpret_cast<label_t*>(smem + C::stat0 + k * C::kStat + C::NSTAT * BN * 4); };
   auto crank = [&](int k) { return clab(k) + BN; };  // OPT
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t4 = lane & 3;
@@ -152,9 +152,10 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
 
   // This lane's two rows (g and g + 8 of the warp's 16) and their statistics, in registers.
   int rl[2];
-  int64_t gr[2], rlab[2];
+  int64_t gr[2];
+  label_t rlab[2];
   float rg[2], rlse[2], raux[2], rpv[2] = {0.f, 0.f};
-  int64_t rrank[2] = {0, 0};
+  label_t rrank[2] = {0, 0};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     rl[h] = warp * 16 + (lane >> 2) + 8 * h;
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
     const int cols_valid = (int)min((int64_t)BN, ncols - c0);
     mma_load_rows<C, BN>(zc(stage), p.z, p.D, col_start + c0, cols_valid, p.vec);
     float* st = cstat(stage);
-    int64_t* lab = clab(stage);
+    label_t* lab = clab(stage);
     for (int c = tid; c < BN; c += C::NT) {
       const int64_t gc = col_start + c0 + c;
       const bool valid = c < cols_valid, anchor = valid && gc >= p.offset && gc < a_end;
@@ -230,7 +231,7 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
     const int64_t c0 = ct * BN;
     const int cols_valid = (int)min((int64_t)BN, ncols - c0);
     const float* cg = cstat(stage);
-    const int64_t* lab = clab(stage);
+    const label_t* lab = clab(stage);
     // an interior tile (full, no diagonal, every row valid: the common case) runs branch-free
     const int64_t cc0 = col_start + c0;
     const bool interior = !C::OPT && rows_valid == BM && cols_valid == BN && (cc0 + BN <= r0 || cc0 >= r0 + BM);
@@ -247,7 +248,7 @@ __global__ void __launch_bounds__(C::NT) supcon_bwd_mma_kernel(const MmaBwdParam
           float hv = 0.f;
           if (C::OPT && c < cols_valid && rl[h] < rows_valid && gr[h] != gc) {
             const float s = acc[n][i] * inv_t;
-            const int64_t* rk = crank(stage);
+            const label_t* rk = crank(stage);
             if (rg[h] != 0.f || raux[h] != 0.f) {  // row anchor: column c in its sets
               const int set = p.rule.classify(rlab[h], rrank[h], lab[c], rk[c]);
               hv += opt_h_term(s, rg[h], rlse[h], raux[h], rpv[h], set, p.rule, variant_in);

@@ -36,7 +36,7 @@ struct MmaFwd {
   // shared memory, bytes: anchor tile, two column-tile stages, row labels, two stages of column
   // labels; OPT: the same for the ranks
   static constexpr int kZr = align128(BM * LDZ * 2), kZc = align128(BN * LDZ * 2);
-  static constexpr int kLab = align128((BM + 2 * BN) * (int)sizeof(int64_t));
+  static constexpr int kLab = align128((BM + 2 * BN) * (int)sizeof(label_t));
   static constexpr int zr = 0, zc0 = kZr, lab = kZr + 2 * kZc, rank = lab + kLab;
   static constexpr int bytes = rank + (OPT ? kLab : 0);
 };
@@ -128,7 +128,7 @@ struct RowStats {
 template <class C, bool INTERIOR, bool VIN>
 __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (&acc)[C::BN / 8][4], float scale2,
                                                 int64_t c0, int64_t N, const int64_t (&grow)[2],
-                                                const int64_t (&ylab)[2], const int64_t* clab) {
+                                                const label_t (&ylab)[2], const label_t* clab) {
   constexpr int K = C::BN / 4;
   const float NEG_INF = __int_as_float(0xff800000u);
   const int t = threadIdx.x & 3;
@@ -138,7 +138,7 @@ __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (
   float pcount[2] = {0.f, 0.f};  // 'out': this tile's positives (at most 16: exact), one predicated add each
 #pragma unroll
   for (int n = 0; n < C::BN / 8; ++n) {
-    const int64_t lab[2] = {clab[n * 8 + 2 * t], clab[n * 8 + 2 * t + 1]};
+    const label_t lab[2] = {clab[n * 8 + 2 * t], clab[n * 8 + 2 * t + 1]};
 #pragma unroll
     for (int e = 0; e < 2; ++e)
 #pragma unroll
@@ -197,8 +197,8 @@ __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (
 template <class C>
 __device__ __forceinline__ void mma_rows_update_opt(RowStats (&st)[2], const float (&acc)[C::BN / 8][4], float scale2,
                                                     float inv_t, int64_t c0, int64_t N, const int64_t (&grow)[2],
-                                                    const int64_t (&ylab)[2], const int64_t (&yrank)[2],
-                                                    const int64_t* clab, const int64_t* crank, const SetRule& rule,
+                                                    const label_t (&ylab)[2], const label_t (&yrank)[2],
+                                                    const label_t* clab, const label_t* crank, const SetRule& rule,
                                                     bool vin, bool second_pass, const float (&nl)[2]) {
   constexpr int K = C::BN / 4;
   const float NEG_INF = __int_as_float(0xff800000u);
@@ -260,7 +260,7 @@ __device__ __forceinline__ void mma_rows_update_opt(RowStats (&st)[2], const flo
 template <class C>
 struct MmaFwdParams {
   const uint16_t* z;
-  const int64_t* labels;
+  const label_t* labels;  // [R] dense class ids
   int64_t N, D, offset, M;
   int64_t tiles_per_split;
   float inv_t;
@@ -278,12 +278,12 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   constexpr int BM = C::BM, BN = C::BN;
   SUPCON_DYNAMIC_SHARED(unsigned char, smem);
   uint16_t* Zr = reinterpret_cast<uint16_t*>(smem + C::zr);
-  int64_t* rlab = reinterpret_cast<int64_t*>(smem + C::lab);  // [BM]
+  label_t* rlab = reinterpret_cast<label_t*>(smem + C::lab);  // [BM]
   // stage k's column tile and labels ([BN] each), by address arithmetic (an array of the two
   // pointers indexed by the runtime stage would live in local memory)
   auto zc = [&](int k) { return reinterpret_cast<uint16_t*>(smem + C::zc0 + k * C::kZc); };
   auto clab = [&](int k) { return rlab + BM + k * BN; };
-  int64_t* rrank = reinterpret_cast<int64_t*>(smem + C::rank);  // OPT: [BM], then two stages of [BN]
+  label_t* rrank = reinterpret_cast<label_t*>(smem + C::rank);  // OPT: [BM], then two stages of [BN]
   auto crank = [&](int k) { return rrank + BM + k * BN; };
 
   const float NEG_INF = __int_as_float(0xff800000u);
@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
     const int64_t c0 = ct * BN;
     const int cols_valid = (int)min((int64_t)BN, p.N - c0);
     mma_load_rows<C, BN>(zc(stage), p.z, p.D, c0, cols_valid, p.vec);
-    int64_t* lab = clab(stage);
+    label_t* lab = clab(stage);
     for (int c = tid; c < BN; c += C::NT) lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
     if constexpr (C::OPT)
       for (int c = tid; c < BN; c += C::NT) crank(stage)[c] = c < cols_valid ? p.rule.rank_of(c0 + c) : 0;
@@ -318,8 +318,8 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   // This lane's two rows: warp's row g and g + 8 (g = lane / 4), block-local.
   const int rl[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
   const int64_t grow[2] = {p.offset + r0 + rl[0], p.offset + r0 + rl[1]};
-  const int64_t ylab[2] = {rlab[rl[0]], rlab[rl[1]]};
-  int64_t yrank[2] = {0, 0};
+  const label_t ylab[2] = {rlab[rl[0]], rlab[rl[1]]};
+  label_t yrank[2] = {0, 0};
   float nl[2] = {0.f, 0.f};  // OPT, second pass
   if constexpr (C::OPT) {
 #pragma unroll

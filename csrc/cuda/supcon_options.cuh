@@ -35,13 +35,13 @@ enum ColumnSet : int { kSetExcluded = 0, kSetNegative = 1, kSetPositive = 2 };
 
 // Which columns are positives and which enter the denominator.
 struct SetRule {
-  const int64_t* rank = nullptr;  // [R] sample rank within its class (reference.cap_ranks), or none
+  const label_t* rank = nullptr;  // [R] sample rank within its class (reference.cap_ranks), or none
   int64_t cap = -1;               // other samples kept as positives; -1: no cap
   int den = kDenAll;              // Denominator (supcon.h)
 
-  __device__ __forceinline__ int64_t rank_of(int64_t row) const { return rank != nullptr ? rank[row] : 0; }
+  __device__ __forceinline__ label_t rank_of(int64_t row) const { return rank != nullptr ? rank[row] : 0; }
   // Column (label yj, rank rj) in the sets of an anchor (label ya, rank ra); j != a.
-  __device__ __forceinline__ int classify(int64_t ya, int64_t ra, int64_t yj, int64_t rj) const {
+  __device__ __forceinline__ int classify(label_t ya, label_t ra, label_t yj, label_t rj) const {
     if (yj != ya) return kSetNegative;
     const bool keep = rank == nullptr || rj == ra || rj < cap + (rj > ra ? 1 : 0);
     return keep ? kSetPositive : kSetExcluded;
@@ -69,9 +69,9 @@ struct OptRowStats {
 // One anchor row's share of a column tile of S (row Srow, columns c = h, h + step, ... < cols_valid;
 // global column c0 + c; the anchor's global row gr, label ya, rank ra).
 template <typename T>
-__device__ __forceinline__ void opt_fwd_row(OptRowStats<T>& st, const T* Srow, const int64_t* clab,
-                                            const int64_t* crank, int h, int step, int cols_valid, int64_t c0,
-                                            int64_t gr, int64_t ya, int64_t ra, const SetRule& rule, bool vin,
+__device__ __forceinline__ void opt_fwd_row(OptRowStats<T>& st, const T* Srow, const label_t* clab,
+                                            const label_t* crank, int h, int step, int cols_valid, int64_t c0,
+                                            int64_t gr, label_t ya, label_t ra, const SetRule& rule, bool vin,
                                             bool second_pass, T nl) {
   const T NEG_INF = dev_neg_inf(T());
   if (second_pass) {  // 'one_positive', given nl: positives are few, one branch each

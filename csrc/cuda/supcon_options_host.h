@@ -1,6 +1,7 @@
-// Host side of the loss options in the CUDA op (supcon_cuda.cu; kernels: supcon_options.cuh):
-// the fp64 capped class sums of the 'out' positive term, and the backward's per-anchor inputs.
-// ATen calls only (device tensors in, device tensors out, no host synchronization).
+// Host-side preparation of the CUDA kernels' inputs (supcon_cuda.cu): the dense class ids the kernels
+// compare, and for the loss options (kernels: supcon_options.cuh) the fp64 capped class sums of the
+// 'out' positive term and the backward's per-anchor inputs. ATen calls only (device tensors in,
+// device tensors out, no host synchronization).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,6 +13,22 @@ namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
 namespace {
 
+// Dense class ids [R] int64 of labels [R] (any int64 values): the number of distinct labels below
+// each one, from a stable sort and a scan of the label changes (no data-dependent sizes, so no host
+// synchronization, unlike unique).
+at::Tensor dense_class_ids(const at::Tensor& labels) {
+  const int64_t R = labels.size(0);
+  if (R == 0) return labels.to(at::kLong);
+  const auto by_label = labels.sort(/*stable=*/true, 0, false);
+  const at::Tensor& lab_sorted = std::get<0>(by_label);
+  const at::Tensor change = at::cat({at::zeros({1}, labels.options()),
+                                     lab_sorted.narrow(0, 1, R - 1).ne(lab_sorted.narrow(0, 0, R - 1)).to(at::kLong)});
+  return at::empty({R}, labels.options().dtype(at::kLong)).index_put_({std::get<1>(by_label)}, change.cumsum(0));
+}
+
+// The kernels' labels (label_t): dense class ids, so that any int64 labels compare in 32 bits.
+at::Tensor kernel_labels(const at::Tensor& labels) { return dense_class_ids(labels).to(at::kInt).contiguous(); }
+
 // class_sum_dots under a cap of `cap` samples: z_a . (K_a - z_a), K_a the sum of the rows kept as
 // a's positives or a itself, in fp64. Kept (supcon_options.cuh): the rows of a's class whose sample
 // rank is below the cap, plus the rows of rank r* = max(rank_a, cap) (a's own sample, or the one more
@@ -21,19 +38,13 @@ namespace {
 at::Tensor capped_class_sum_dots(const at::Tensor& z, const at::Tensor& labels, const at::Tensor& rank, int64_t cap,
                                  int64_t offset, int64_t M) {
   const int64_t R = z.size(0), D = z.size(1);
-  const auto by_label = labels.sort(/*stable=*/true, 0, false);
-  const at::Tensor& lab_sorted = std::get<0>(by_label);
-  // dense class ids: the number of label changes before each row in label order
-  const at::Tensor change = at::cat({at::zeros({1}, labels.options()),
-                                     lab_sorted.narrow(0, 1, R - 1).ne(lab_sorted.narrow(0, 0, R - 1)).to(at::kLong)});
-  const at::Tensor cid = at::empty_like(labels).index_put_({std::get<1>(by_label)}, change.cumsum(0));
-  const at::Tensor key = cid * (R + 1) + rank;
+  const at::Tensor key = dense_class_ids(labels) * (R + 1) + rank.to(at::kLong);
   const auto by_key = key.sort(/*stable=*/true, 0, false);
   const at::Tensor& keys = std::get<0>(by_key);
   const at::Tensor z64 = z.to(at::kDouble);
   const at::Tensor prefix = at::cat({at::zeros({1, D}, z64.options()), z64.index_select(0, std::get<1>(by_key)).cumsum(0)});
-  const at::Tensor base = cid.narrow(0, offset, M) * (R + 1);
-  const at::Tensor rstar = rank.narrow(0, offset, M).clamp_min(cap);
+  const at::Tensor base = key.narrow(0, offset, M) - rank.narrow(0, offset, M).to(at::kLong);  // class id * (R + 1)
+  const at::Tensor rstar = rank.narrow(0, offset, M).to(at::kLong).clamp_min(cap);
   auto at_key = [&](const at::Tensor& k, bool right) {
     return prefix.index_select(0, at::searchsorted(keys, k, /*out_int32=*/false, right));
   };

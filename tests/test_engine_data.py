@@ -48,6 +48,23 @@ def test_knn_bank_holds_every_class_when_capped(tmp_path, loader):
     assert sum(y.numel() for _, y in loaders.train_eval) == 24
 
 
+def test_train_folder_is_scanned_once(tmp_path, monkeypatch):
+    """The train loader, the probe's fit set and the kNN bank share one scan and header check of the
+    train folder (the val folder has its own)."""
+    from supcon_fast.data import folder
+    from supcon_fast.engine.data import build_loaders
+    data = make_tiny_folder(tmp_path / "d", n_per_class=8, classes=3)
+    scanned = []
+    real_scan = folder.scan
+    monkeypatch.setattr(folder, "scan", lambda root: scanned.append(os.path.basename(os.path.normpath(root)))
+                        or real_scan(root))
+    cfg = config.resolve(["--data", str(data), "--out", str(tmp_path / "o"), "--size", "16", "--batch-size", "8",
+                          "--knn-max-train", "6", "--eval-batch-size", "4", "--backend", "torch"])
+    loaders = build_loaders(cfg)
+    assert sorted(scanned) == ["train", "val"]
+    assert sum(y.numel() for _, y in loaders.train_eval) == 24 and len(loaders.train) > 0
+
+
 def test_dataset_kind():
     assert dataset_kind({"dataset": "auto", "data": DEFAULT_DIGITS_ROOT}) == "digits"
     assert dataset_kind({"dataset": "auto", "data": os.path.abspath(DEFAULT_DIGITS_ROOT)}) == "digits"

@@ -28,7 +28,7 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
                        ratio=(3 / 4, 4 / 3), dtype=torch.float32, skip_corrupt=False,
                        verify="header", drop_last=False, checkpointing=True,
                        randaugment_n=2, randaugment_m=9, prefetch_queue_depth=2,
-                       backend="auto"):
+                       backend="auto", samples=None):
     """Multi-view SupCon train loader on DALI (CPU-only mode for device='cpu').
 
     `root`: a split folder `root/<class>/<image>` (labels = sorted class names, as ImageFolder) or
@@ -48,12 +48,15 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
     empty, not an image) raises a ValueError naming it, unless `skip_corrupt`: then it is named in
     a warning, left out from then on (the next image in file order takes its place: same steps,
     same batches for the same seed) and listed in the loader's `skipped` and `state_dict()`.
+    `samples`: root's files as `load_samples(root, verify=..., skip_corrupt=...)` returned them, to
+    share one scan between loaders of the same folder (the trainer's); None scans here.
     """
     from .dali_loaders import DaliTrainLoader, load_samples
 
     check_policy(policy)  # before the (possibly long) scan of root
     backend = _pick_backend(backend)
-    samples = load_samples(root, verify=verify, skip_corrupt=skip_corrupt)
+    if samples is None:
+        samples = load_samples(root, verify=verify, skip_corrupt=skip_corrupt)
     if backend == "torch":
         from .torch_loaders import TorchTrainLoader
 
@@ -73,7 +76,7 @@ def build_train_loader(root, *, batch_size, n_views=2, size=224, policy="simclr"
 
 def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, num_shards=1,
                       num_threads=2, dtype=torch.float32, resize=None, skip_corrupt=False,
-                      verify="header", backend="auto", drop_corrupt=False, max_images=0):
+                      verify="header", backend="auto", drop_corrupt=False, max_images=0, samples=None):
     """Eval loader: resize the shorter side to `resize` (default size / 0.875), centre-crop
     `size`, normalize. Yields `(images [B, 3, size, size] channels-last, labels int64 [B])`.
     Shards are contiguous slices: across shards every image is seen exactly once per pass (no
@@ -84,7 +87,8 @@ def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, n
     files with a warning: only for features of a *training* split (a kNN bank, a linear probe's
     fit set, e.g. the trainer's under --skip-corrupt), never for the split a score is reported on.
     `max_images` > 0 reads at most that many images, evenly spread over the sorted list so that
-    every class keeps its share (a kNN bank); 0 reads them all.
+    every class keeps its share (a kNN bank); 0 reads them all. `samples`: root's vetted files, as
+    for build_train_loader (with skip_corrupt = drop_corrupt); None scans here.
     """
     from . import corrupt, folder
     from .dali_loaders import DaliEvalLoader, load_samples
@@ -95,8 +99,8 @@ def build_eval_loader(root, *, batch_size, size=224, device="cpu", shard_id=0, n
                          "remove the bad files (`python tools/make_dataset.py check ROOT` lists "
                          "them); for a training split's features, drop_corrupt=True drops them")
     backend = _pick_backend(backend)
-    samples = load_samples(root, verify=verify, skip_corrupt=drop_corrupt,
-                           error=corrupt.eval_error)
+    if samples is None:
+        samples = load_samples(root, verify=verify, skip_corrupt=drop_corrupt, error=corrupt.eval_error)
     samples = folder.spread_subset(samples, max_images)
     if backend == "torch":
         from .torch_loaders import TorchEvalLoader

@@ -173,19 +173,25 @@ def _folder_loaders(cfg, root, per_rank, rank, world, device, kind) -> Loaders:
     """supcon_fast.data's loaders: DALI or torch (--backend auto: DALI where it imports)."""
     common = dict(size=cfg["size"], device=str(torch.device(device)), shard_id=rank, num_shards=world,
                   num_threads=cfg["num_threads"], backend=cfg["backend"])
+    train_root = os.path.join(root, "train")
+    # one scan (and header check) of the train folder serves the train loader and the train features
+    from ..data.dali_loaders import load_samples  # no DALI import: the scan and the header check
+
+    data_pkg.check_policy(cfg["policy"])  # before the (possibly long) scan
+    train_files = load_samples(train_root, skip_corrupt=cfg["skip_corrupt"])
     try:
-        tr = data_pkg.build_train_loader(os.path.join(root, "train"), batch_size=per_rank, n_views=cfg["views"],
+        tr = data_pkg.build_train_loader(train_root, batch_size=per_rank, n_views=cfg["views"],
                                      policy=cfg["policy"], seed=cfg["seed"], scale=(cfg["crop_min_scale"], 1.0),
-                                     skip_corrupt=cfg["skip_corrupt"], **common)
+                                     skip_corrupt=cfg["skip_corrupt"], samples=train_files, **common)
     except ImportError as e:         # --backend dali where DALI is not installed
         raise ValueError(f"backend: {e}") from None
     ev = dict(common, resize=eval_resize(cfg))
     # train features (kNN bank, linear probe fit set) may drop what training skips; val may not
-    tre = data_pkg.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],
-                                 drop_corrupt=cfg["skip_corrupt"], **ev)
+    tre = data_pkg.build_eval_loader(train_root, batch_size=cfg["eval_batch_size"], drop_corrupt=cfg["skip_corrupt"],
+                                     samples=train_files, **ev)
     val = data_pkg.build_eval_loader(os.path.join(root, "val"), batch_size=cfg["eval_batch_size"], **ev)
-    bank = data_pkg.build_eval_loader(os.path.join(root, "train"), batch_size=cfg["eval_batch_size"],
-                                      drop_corrupt=cfg["skip_corrupt"], max_images=cfg["knn_max_train"], **ev)
+    bank = data_pkg.build_eval_loader(train_root, batch_size=cfg["eval_batch_size"], drop_corrupt=cfg["skip_corrupt"],
+                                      max_images=cfg["knn_max_train"], samples=train_files, **ev)
     return Loaders(tr, tre, val, tr.num_classes, kind, root, knn_bank=bank)
 
 

@@ -54,11 +54,13 @@ bool vec_ok(const at::Tensor& z) {
   return z.size(1) % 8 == 0 && reinterpret_cast<std::uintptr_t>(z.data_ptr()) % 16 == 0;
 }
 
-// z_a . (C_{y_a} - z_a) in fp64 for the anchors a = offset .. offset + M - 1, where C_y is the sum of
-// class y's rows: the 'out' positive term times T * npos, as the CPU op computes it. Class sums come
-// from a prefix sum over the rows sorted by label (a stable sort, a scan and binary searches: no
-// atomics, so deterministic, and no data-dependent sizes, so no host synchronization). O(N D) fp64.
-at::Tensor class_sum_dots(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M) {
+// For the anchors a = offset .. offset + M - 1: z_a . (C_{y_a} - z_a) in fp64, where C_y is the sum of
+// class y's rows over the whole contrast set (the 'out' positive term times T * npos, as the CPU op
+// computes it), and npos_a = |class y_a| - 1 (int64). Class sums come from a prefix sum over the rows
+// sorted by label (a stable sort, a scan and binary searches: no atomics, so deterministic, and no
+// data-dependent sizes, so no host synchronization). O(N D) fp64.
+std::tuple<at::Tensor, at::Tensor> class_stats(const at::Tensor& z, const at::Tensor& labels, int64_t offset,
+                                               int64_t M) {
   const int64_t D = z.size(1);
   const auto sorted = labels.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   const at::Tensor& keys = std::get<0>(sorted);
@@ -70,7 +72,7 @@ at::Tensor class_sum_dots(const at::Tensor& z, const at::Tensor& labels, int64_t
   const at::Tensor hi = at::searchsorted(keys, ya, /*out_int32=*/false, /*right=*/true);
   const at::Tensor za = z64.narrow(0, offset, M);
   const at::Tensor others = prefix.index_select(0, hi) - prefix.index_select(0, lo) - za;  // C_y - z_a
-  return (za * others).sum(1).contiguous();
+  return {(za * others).sum(1).contiguous(), (hi - lo - 1).contiguous()};  // the anchor is in its class
 }
 
 // A forward configuration is an mma.sync one (MmaFwd) or a tile engine; Engine is the tile engine
@@ -140,12 +142,16 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
     at::Tensor ws = empty_output({fp.splits * M * static_cast<int64_t>(sizeof(FwdPartial<E>))},
                                  z.options().dtype(at::kByte));
     launch_fwd_kernel<C>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr());
-    at::Tensor pos_dot;
-    if (E::kExactOutPositives && !variant_in) pos_dot = class_sum_dots(z, labels, offset, M);
+    // 'out': the positive term and npos from class sums where the kernel does not gather them (the
+    // mma.sync kernel) or where fp32 needs fp64 sums (kExactOutPositives)
+    at::Tensor pos_dot, cls_npos;
+    if ((E::kExactOutPositives || IsMmaFwd<C>::value) && !variant_in)
+      std::tie(pos_dot, cls_npos) = class_stats(z, labels, offset, M);
     launch(supcon_fwd_finalize_kernel<E>, kernel_name<E>("supcon_fwd_finalize_kernel"),
            dim3(static_cast<unsigned>(ceil_div(M, 256))), dim3(256), 0, 0,
            static_cast<const FwdPartial<E>*>(ws.data_ptr()), fp.splits, M, variant_in,
-           pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr, 1.0 / temperature,
+           pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr,
+           cls_npos.defined() ? static_cast<const int64_t*>(cls_npos.data_ptr<int64_t>()) : nullptr, 1.0 / temperature,
            loss.data_ptr<st_t>(), lse.data_ptr<st_t>(), pos.data_ptr<st_t>(), npos.data_ptr<int64_t>());
   });
 }
@@ -268,7 +274,8 @@ FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, 
   if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong)), coef};
 
   const at::Tensor labels = labels_in.contiguous();
-  // npos comes out of the kernels (they compare every label pair anyway): no host synchronization.
+  // npos comes out of the kernels ('in': they compare every label pair anyway) or from the class sizes
+  // ('out', class_stats): no host synchronization either way.
   at::Tensor npos = empty_output({M}, z_in.options().dtype(at::kLong));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_fwd_cuda", [&] {

@@ -7,6 +7,8 @@
 //   cp_async_16(dst, src, pred) cp.async.cg.shared.global, 16 bytes (zeros when !pred)
 //   cp_async_commit(), cp_async_wait<N>()  commit_group / wait_group N
 //   ex2(x)                     ex2.approx.ftz.f32: 2^x on the MUFU unit (2 ulp; the emulation: exp2f)
+//   keep(v)                    v, opaque to the optimizer (no recomputation of a loop bound)
+//   mul_rn(a, b)               a b rounded on its own (__fmul_rn: not fused into an FMA)
 //   pack2<T>(lo, hi)           two floats rounded to T (fp16 / bf16, round to nearest even) in one
 //                              32-bit register, lo in the low half: an A / B fragment register
 // sm_80 and newer. The layouts are spelled out in emu_mma.h.
@@ -51,6 +53,11 @@ inline void cp_async_wait() {
   supcon_emu::async_wait(N);
 }
 inline float ex2(float x) { return std::exp2(x); }
+inline int64_t keep(int64_t v) { return v; }
+inline float mul_rn(float a, float b) {
+  volatile float r = a * b;  // rounded here: the compiler may not fuse it into a following add (FMA)
+  return r;
+}
 template <typename T>
 inline uint32_t pack2(float lo, float hi) {
   const T a(lo), b(hi);
@@ -121,6 +128,14 @@ __device__ __forceinline__ float ex2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+// v, opaque to the optimizer: a loop bound kept in a register, where the compiler would otherwise
+// recompute it from the kernel parameters (some 20 uniform-datapath instructions) at every use.
+// a b rounded to fp32 on its own: never contracted with a following add into an FFMA.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ int64_t keep(int64_t v) {
+  asm volatile("" : "+l"(v));
+  return v;
 }
 
 #endif

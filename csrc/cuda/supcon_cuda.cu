@@ -67,11 +67,13 @@ SetRule set_rule(const ContrastOptions& opt) {
   return SetRule{opt.cap >= 0 ? opt.cap_rank.data_ptr<label_t>() : nullptr, opt.cap, static_cast<int>(opt.denominator)};
 }
 
-// z_a . (C_{y_a} - z_a) in fp64 for the anchors a = offset .. offset + M - 1, where C_y is the sum of
-// class y's rows: the 'out' positive term times T * npos, as the CPU op computes it. Class sums come
-// from a prefix sum over the rows sorted by label (a stable sort, a scan and binary searches: no
-// atomics, so deterministic, and no data-dependent sizes, so no host synchronization). O(N D) fp64.
-at::Tensor class_sum_dots(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M) {
+// For the anchors a = offset .. offset + M - 1: z_a . (C_{y_a} - z_a) in fp64, where C_y is the sum of
+// class y's rows over the whole contrast set (the 'out' positive term times T * npos, as the CPU op
+// computes it), and npos_a = |class y_a| - 1 (int64). Class sums come from a prefix sum over the rows
+// sorted by label (a stable sort, a scan and binary searches: no atomics, so deterministic, and no
+// data-dependent sizes, so no host synchronization). O(N D) fp64.
+std::tuple<at::Tensor, at::Tensor> class_stats(const at::Tensor& z, const at::Tensor& labels, int64_t offset,
+                                               int64_t M) {
   const int64_t D = z.size(1);
   const auto sorted = labels.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   const at::Tensor& keys = std::get<0>(sorted);
@@ -83,7 +85,7 @@ at::Tensor class_sum_dots(const at::Tensor& z, const at::Tensor& labels, int64_t
   const at::Tensor hi = at::searchsorted(keys, ya, /*out_int32=*/false, /*right=*/true);
   const at::Tensor za = z64.narrow(0, offset, M);
   const at::Tensor others = prefix.index_select(0, hi) - prefix.index_select(0, lo) - za;  // C_y - z_a
-  return (za * others).sum(1).contiguous();
+  return {(za * others).sum(1).contiguous(), (hi - lo - 1).contiguous()};  // the anchor is in its class
 }
 
 // A forward configuration is an mma.sync one (MmaFwd) or a tile engine; Engine is the tile engine
@@ -161,14 +163,21 @@ void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t of
   }
 }
 
-// The 'out' positive term's fp64 dots for the tile engines that want them (kExactOutPositives), or
-// an undefined tensor: class sums, capped when a cap is set ('one_positive' has no such term).
-template <class E>
-at::Tensor exact_out_dots(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, bool variant_in,
-                          const ContrastOptions& opt) {
-  if (!E::kExactOutPositives || variant_in || opt.denominator == kDenOnePositive) return at::Tensor();
-  if (opt.cap >= 0) return capped_class_sum_dots(z, labels, opt.cap_rank.contiguous(), opt.cap, offset, M);
-  return class_sum_dots(z, labels, offset, M);
+// The 'out' positive term's fp64 dots and npos from class sums, or undefined tensors where the
+// kernel's own sums serve. Default sets: both, for the mma.sync kernel (it gathers no positives) and
+// for the tile engines that want fp64 sums (kExactOutPositives). Options (the kernels count the kept
+// positives): those engines' dots only, capped where a cap is set; 'one_positive' has no such term.
+template <class C, class E>
+std::tuple<at::Tensor, at::Tensor> out_class_stats(const at::Tensor& z, const at::Tensor& labels, int64_t offset,
+                                                   int64_t M, bool variant_in, const ContrastOptions& opt) {
+  if (variant_in || opt.denominator == kDenOnePositive) return {};
+  if (opt.default_sets()) {
+    if (E::kExactOutPositives || IsMmaFwd<C>::value) return class_stats(z, labels, offset, M);
+    return {};
+  }
+  if (!E::kExactOutPositives) return {};
+  if (opt.cap >= 0) return {capped_class_sum_dots(z, labels, opt.cap_rank, opt.cap, offset, M), at::Tensor()};
+  return {std::get<0>(class_stats(z, labels, offset, M)), at::Tensor()};
 }
 
 // Outputs of the forward: coef is [M] for 'one_positive', else empty.
@@ -197,12 +206,14 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
       else launch_fwd_kernel<C, false>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
     };
     run_pass();
-    const at::Tensor pos_dot = exact_out_dots<E>(z, labels, offset, M, variant_in, opt);
+    at::Tensor pos_dot, cls_npos;
+    std::tie(pos_dot, cls_npos) = out_class_stats<C, E>(z, labels, offset, M, variant_in, opt);
     const auto* partials = static_cast<const FwdPartial<E>*>(ws.data_ptr());
     const dim3 grid(static_cast<unsigned>(ceil_div(M, 256)));
     launch(supcon_fwd_finalize_kernel<E>, kernel_name<E>("supcon_fwd_finalize_kernel"), grid, dim3(256), 0, 0,
            partials, fp.splits, M, variant_in,
-           pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr, 1.0 / temperature,
+           pos_dot.defined() ? static_cast<const double*>(pos_dot.data_ptr<double>()) : nullptr,
+           cls_npos.defined() ? static_cast<const int64_t*>(cls_npos.data_ptr<int64_t>()) : nullptr, 1.0 / temperature,
            out.loss.data_ptr<st_t>(), out.lse.data_ptr<st_t>(), out.pos.data_ptr<st_t>(), out.npos.data_ptr<int64_t>());
     if (opt.denominator != kDenOnePositive) return;
     // 'one_positive': lse is nl (the first pass's denominator held the negatives only); the second
@@ -348,7 +359,8 @@ FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, 
   if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong)), coef};
 
   const at::Tensor labels = kernel_labels(labels_in);  // dense class ids (label_t)
-  // npos comes out of the kernels (they compare every label pair anyway): no host synchronization.
+  // npos comes out of the kernels (they compare the label pairs) or from the class sizes (the default
+  // sets' 'out', class_stats): no host synchronization either way.
   at::Tensor npos = empty_output({M}, z_in.options().dtype(at::kLong));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "supcon_fwd_cuda", [&] {

@@ -66,7 +66,8 @@ struct TcEngine {
   static constexpr int LDS = BN + 4;  // floats
   static constexpr int LDH = BN + 8;  // halves
   static constexpr bool kScaleH = true;  // H is scaled into fp16 range (see bwd kernel)
-  // The 'out' positive term: summed in the forward epilogue in fp32 (the half-precision rule allows it).
+  // The 'out' positive term: summed in this engine's forward epilogue in fp32 (the half-precision rule
+  // allows it); the mma.sync forward takes it (and npos) from the fp64 class sums instead.
   static constexpr bool kExactOutPositives = false;
   // One 8-warp block per SM in the backward: ~210 registers, no spills (a 2-blocks bound spills ~600 B).
   static constexpr int kBwdMinBlocks = 1;

@@ -180,12 +180,14 @@ __global__ void __launch_bounds__(E::NT) supcon_fwd_tile_kernel(const FwdParams<
   }
 }
 
-// Merges the splits and writes lse, pos_term, loss, npos (one thread per anchor). pos_dot, when given
-// ('out' with kExactOutPositives): z_a . (sum of a's class - z_a) in fp64 for each anchor, which
-// replaces the epilogue's sum of s over the positives.
+// Merges the splits and writes lse, pos_term, loss, npos (one thread per anchor). pos_dot and
+// cls_npos, when given ('out': class_stats in supcon_cuda.cu): z_a . (sum of a's class - z_a) in fp64
+// and the class size - 1 for each anchor, which replace the epilogue's sum of s over the positives
+// and its count.
 template <class E>
 __global__ void supcon_fwd_finalize_kernel(const FwdPartial<E>* __restrict__ ws, int64_t splits, int64_t M,
-                                           bool variant_in, const double* __restrict__ pos_dot, double inv_t,
+                                           bool variant_in, const double* __restrict__ pos_dot,
+                                           const int64_t* __restrict__ cls_npos, double inv_t,
                                            typename E::st_t* __restrict__ loss, typename E::st_t* __restrict__ lse,
                                            typename E::st_t* __restrict__ pos, int64_t* __restrict__ npos) {
   using st_t = typename E::st_t;
@@ -201,6 +203,7 @@ __global__ void supcon_fwd_finalize_kernel(const FwdPartial<E>* __restrict__ ws,
     ps += w.ps;
     np += w.npos;
   }
+  if (cls_npos != nullptr) np = cls_npos[i];
   const st_t lse_i = m == NEG_INF ? NEG_INF : m + dev_log(l);
   st_t pos_i;
   if (variant_in) pos_i = pm == NEG_INF ? NEG_INF : pm + dev_log(pl);

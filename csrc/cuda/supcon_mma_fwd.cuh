@@ -2,12 +2,14 @@
 //   - S = Z_rows . Z_cols^T with mma.sync m16n8k16 on ldmatrix fragments (mma_ptx.cuh): each warp
 //     owns 16 anchor rows and the whole 64-column tile, so S stays in registers (the accumulator
 //     fragments) and never goes through shared memory;
-//   - one pass per tile: per-row online max and sum (and the positives' statistics) in registers,
+//   - one pass per tile: per-row online max and sum ('in': also over the positives) in registers,
 //     the exponentials in base 2 (log2(e) folded into the scale, exp2 on the MUFU unit), reduced over
 //     the 4 lanes that share a row with two shuffles;
 //   - column tiles double-buffered with cp.async: the next tile loads while this one is computed.
 // The anchor tile [BM x DP] stays in shared memory for the whole block. Output: one FwdPartial per
 // (split, anchor) in natural-log units, merged by supcon_fwd_finalize_kernel (supcon_kernels.cuh).
+// 'out' (the default) needs nothing of the positives per element: its positive term and npos come
+// from fp64 class sums on the host side (class_stats in supcon_cuda.cu), so its tiles read no labels.
 // OPT: the loss options (supcon_options.cuh) on the guarded path only (every element classified),
 // including the 'one_positive' second pass.
 #pragma once
@@ -115,16 +117,17 @@ __device__ __forceinline__ V quad_sum(V v) {
 struct RowStats {
   float m, l;    // max dot, and sum of exp(s - m / T) over the contrast set (this lane's columns)
   float pm, pl;  // 'in': the same over the positives
-  float ps;      // 'out': sum of dot over the positives
-  int np;        // positives
+  int np;        // 'in' and the options: positives (the default sets' 'out' takes npos from the class sizes)
+  float ps;      // the options: 'out' sum of dot over the positives; acc1 in the second pass
 };
 
 // This lane's two rows' values in a tile (row h: warp row g + 8 h; column c of the tile:
 // 8 n + 2 t + e) into their stats. INTERIOR: a full column tile without the diagonal (every column
-// < N, no anchor row of the block among the columns), so no bounds and diagonal checks. The column
-// labels of the lane's 16 columns are read once for both rows. Every lane of the warp calls it
-// (shuffles inside). Per row, every sum and maximum runs over the columns in the same order
-// whichever path is taken, so the two paths give the same bits on an interior tile.
+// < N, no anchor row of the block among the columns), so no bounds and diagonal checks. VIN ('in'):
+// also the positives' max and sum, the column labels of the lane's 16 columns read once for both
+// rows; 'out' reads no labels. Every lane of the warp calls it (shuffles inside). Per row, every
+// sum and maximum runs over the columns in the same order whichever path is taken, so the two paths
+// give the same bits on an interior tile.
 template <class C, bool INTERIOR, bool VIN>
 __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (&acc)[C::BN / 8][4], float scale2,
                                                 int64_t c0, int64_t N, const int64_t (&grow)[2],
@@ -135,10 +138,13 @@ __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (
   float v[2][K];          // dot, or -inf off the contrast set
   bool sm[VIN ? 2 : 1][VIN ? K : 1];  // 'in': the positives, for the second pass
   float tmax[2] = {NEG_INF, NEG_INF}, pmax[2] = {NEG_INF, NEG_INF};
-  float pcount[2] = {0.f, 0.f};  // 'out': this tile's positives (at most 16: exact), one predicated add each
 #pragma unroll
   for (int n = 0; n < C::BN / 8; ++n) {
-    const label_t lab[2] = {clab[n * 8 + 2 * t], clab[n * 8 + 2 * t + 1]};
+    label_t lab[2] = {0, 0};
+    if constexpr (VIN) {
+      lab[0] = clab[n * 8 + 2 * t];
+      lab[1] = clab[n * 8 + 2 * t + 1];
+    }
 #pragma unroll
     for (int e = 0; e < 2; ++e)
 #pragma unroll
@@ -147,20 +153,13 @@ __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (
         const int64_t gc = c0 + n * 8 + 2 * t + e;
         const bool ok = INTERIOR || (gc < N && gc != grow[h]);  // a column of z, not the anchor itself
         v[h][k] = ok ? acc[n][2 * h + e] : NEG_INF;
-        const bool same = ok && lab[e] == ylab[h];
         tmax[h] = fmaxf(tmax[h], v[h][k]);
         if constexpr (VIN) {
+          const bool same = ok && lab[e] == ylab[h];
           sm[h][k] = same;
           if (same) pmax[h] = fmaxf(pmax[h], v[h][k]);
-        } else if (same) {  // 'out': the positives' count and sum of dots (adding 0 elsewhere changes nothing)
-          pcount[h] += 1.f;
-          st[h].ps += v[h][k];
         }
       }
-  }
-  if constexpr (!VIN) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) st[h].np += (int)pcount[h];
   }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -292,7 +291,7 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   const int rows_valid = (int)min((int64_t)BM, p.M - r0);
   const int64_t nct = (p.N + BN - 1) / BN;
   const int64_t ct_begin = (int64_t)blockIdx.y * p.tiles_per_split;
-  const int64_t ct_end = min(nct, ct_begin + p.tiles_per_split);
+  const int64_t ct_end = ptx::keep(min(nct, ct_begin + p.tiles_per_split));
   const float scale2 = p.inv_t * 1.44269504088896341f;  // 1/T and log2(e) in one factor
   const bool variant_in = p.variant_in;                  // once, not a constant-bank load per use
   const int64_t a0 = p.offset + r0;                       // the block's first anchor row in z
@@ -302,12 +301,14 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
     const int cols_valid = (int)min((int64_t)BN, p.N - c0);
     mma_load_rows<C, BN>(zc(stage), p.z, p.D, c0, cols_valid, p.vec);
     label_t* lab = clab(stage);
-    for (int c = tid; c < BN; c += C::NT) lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
+    const bool labels = variant_in || C::OPT;  // the default sets' 'out' reads no labels
+    for (int c = tid; c < (labels ? BN : 0); c += C::NT) lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
     if constexpr (C::OPT)
       for (int c = tid; c < BN; c += C::NT) crank(stage)[c] = c < cols_valid ? p.rule.rank_of(c0 + c) : 0;
   };
 
-  for (int r = tid; r < BM; r += C::NT) rlab[r] = r < rows_valid ? p.labels[p.offset + r0 + r] : 0;
+  for (int r = tid; r < BM; r += C::NT)
+    rlab[r] = r < rows_valid && (variant_in || C::OPT) ? p.labels[p.offset + r0 + r] : 0;
   if constexpr (C::OPT)
     for (int r = tid; r < BM; r += C::NT) rrank[r] = r < rows_valid ? p.rule.rank_of(p.offset + r0 + r) : 0;
   mma_load_rows<C, BM>(Zr, p.z, p.D, p.offset + r0, rows_valid, p.vec);
@@ -330,7 +331,7 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   }
   RowStats st[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) st[h] = RowStats{NEG_INF, 0.f, NEG_INF, 0.f, 0.f, 0};
+  for (int h = 0; h < 2; ++h) st[h] = RowStats{NEG_INF, 0.f, NEG_INF, 0.f, 0, 0.f};
 
   int stage = 0;
   for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
@@ -360,16 +361,19 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float l = quad_sum(st[h].l), pl = quad_sum(st[h].pl), ps = quad_sum(st[h].ps);
+    const float l = quad_sum(st[h].l), pl = quad_sum(st[h].pl);
     const int np = quad_sum(st[h].np);
+    const float ps = C::OPT ? quad_sum(st[h].ps) : 0.f;
     if ((lane & 3) == 0 && rl[h] < rows_valid) {
       FwdPartial<typename C::E>& w = p.ws[(int64_t)blockIdx.y * p.M + r0 + rl[h]];
       w.m = st[h].m * p.inv_t;  // natural units, rounded as the reference rounds s = dot / T
       w.l = l;
       w.pm = st[h].pm * p.inv_t;
       w.pl = pl;
-      w.ps = C::OPT && p.second_pass ? ps : ps * p.inv_t;  // acc1 is in natural units already
-      w.npos = np;
+      // the default sets' 'out': the finalize kernel takes the positive term and npos from class sums;
+      // the options' second pass: acc1, in natural units already
+      w.ps = C::OPT ? (p.second_pass ? ps : ps * p.inv_t) : 0.f;
+      w.npos = np;  // 'in' and the options; 0 for the default sets' 'out'
     }
   }
 }

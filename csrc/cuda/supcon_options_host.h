@@ -29,7 +29,7 @@ at::Tensor dense_class_ids(const at::Tensor& labels) {
 // The kernels' labels (label_t): dense class ids, so that any int64 labels compare in 32 bits.
 at::Tensor kernel_labels(const at::Tensor& labels) { return dense_class_ids(labels).to(at::kInt).contiguous(); }
 
-// class_sum_dots under a cap of `cap` samples: z_a . (K_a - z_a), K_a the sum of the rows kept as
+// class_stats' dots (supcon_cuda.cu) under a cap of `cap` samples: z_a . (K_a - z_a), K_a the sum of the rows kept as
 // a's positives or a itself, in fp64. Kept (supcon_options.cuh): the rows of a's class whose sample
 // rank is below the cap, plus the rows of rank r* = max(rank_a, cap) (a's own sample, or the one more
 // the cap allows when a is among the first). Sums over (class, rank) ranges come from a prefix sum

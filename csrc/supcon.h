@@ -23,10 +23,9 @@
 #include <string>
 #include <tuple>
 
-namespace supcon_fast {
+#include "denominator.h"
 
-// Which columns enter an anchor's denominator (reference.DENOMINATORS, same order).
-enum Denominator : int64_t { kDenAll = 0, kDenOnePositive = 1, kDenOnlyNegatives = 2 };
+namespace supcon_fast {
 
 // The contrast set's options beyond the batch: a queue of contrast-only rows, the denominator mode
 // and a cap of `cap` samples on positives, through each row's sample rank within its class.

@@ -301,8 +301,8 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
     const int cols_valid = (int)min((int64_t)BN, p.N - c0);
     mma_load_rows<C, BN>(zc(stage), p.z, p.D, c0, cols_valid, p.vec);
     label_t* lab = clab(stage);
-    const bool labels = variant_in || C::OPT;  // the default sets' 'out' reads no labels
-    for (int c = tid; c < (labels ? BN : 0); c += C::NT) lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
+    // the default sets' 'out' reads no labels
+    for (int c = tid; c < (variant_in ? BN : C::OPT ? BN : 0); c += C::NT) lab[c] = c < cols_valid ? p.labels[c0 + c] : 0;
     if constexpr (C::OPT)
       for (int c = tid; c < BN; c += C::NT) crank(stage)[c] = c < cols_valid ? p.rule.rank_of(c0 + c) : 0;
   };

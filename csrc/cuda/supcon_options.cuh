@@ -25,7 +25,7 @@
 
 #include <cstdint>
 
-#include "../supcon.h"
+#include "../denominator.h"
 #include "supcon_engines.cuh"
 
 namespace supcon_fast {

@@ -119,6 +119,12 @@ struct RowStats {
   float pm, pl;  // 'in': the same over the positives
   int np;        // 'in' and the options: positives (the default sets' 'out' takes npos from the class sizes)
   float ps;      // the options: 'out' sum of dot over the positives; acc1 in the second pass
+  // m and pm in base-2 exponent units, m * log2(e) / T rounded once: the rescale of l by
+  // ex2(m2 - mn2) is exactly 1 while the max holds. (From m, ex2(m * scale2 - mn2) would be
+  // contracted into an FFMA by nvcc and multiply l by 2^(rounding error of mn2) at every tile
+  // the max holds: a drift over thousands of tiles.) Each term's exponent, the FFMA
+  // v * scale2 - mn2, carries the same offset as l's rescaled terms, so l stays consistent.
+  float m2, pm2;
 };
 
 // This lane's two rows' values in a tile (row h: warp row g + 8 h; column c of the tile:
@@ -167,11 +173,13 @@ __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (
     const float mn = fmaxf(st[h].m, rmax);
     if (mn != NEG_INF) {  // the same in the 4 lanes of the row
       const float mn2 = mn * scale2;
-      float sum = 0.f;
+      // the sum starts at the first term, not at 0 (0 + x is an FADD the compiler must keep, for -0)
+      float sum = ptx::ex2(fmaf(v[h][0], scale2, -mn2));  // exp2(-inf) = 0
 #pragma unroll
-      for (int k = 0; k < K; ++k) sum += ptx::ex2(v[h][k] * scale2 - mn2);  // exp2(-inf) = 0
-      st[h].l = st[h].l * ptx::ex2(st[h].m * scale2 - mn2) + sum;
+      for (int k = 1; k < K; ++k) sum += ptx::ex2(fmaf(v[h][k], scale2, -mn2));
+      st[h].l = st[h].l * ptx::ex2(st[h].m2 - mn2) + sum;  // exactly 1 while the max holds
       st[h].m = mn;
+      st[h].m2 = mn2;
     }
     if constexpr (VIN) {
       const float pmn = fmaxf(st[h].pm, quad_max(pmax[h]));
@@ -179,11 +187,12 @@ __device__ __forceinline__ void mma_rows_update(RowStats (&st)[2], const float (
       for (int k = 0; k < K; ++k) st[h].np += sm[h][k] ? 1 : 0;
       if (pmn != NEG_INF) {
         const float pmn2 = pmn * scale2;
-        float psum = 0.f;
+        float psum = sm[h][0] ? ptx::ex2(fmaf(v[h][0], scale2, -pmn2)) : 0.f;
 #pragma unroll
-        for (int k = 0; k < K; ++k) psum += sm[h][k] ? ptx::ex2(v[h][k] * scale2 - pmn2) : 0.f;
-        st[h].pl = st[h].pl * ptx::ex2(st[h].pm * scale2 - pmn2) + psum;
+        for (int k = 1; k < K; ++k) psum += sm[h][k] ? ptx::ex2(fmaf(v[h][k], scale2, -pmn2)) : 0.f;
+        st[h].pl = st[h].pl * ptx::ex2(st[h].pm2 - pmn2) + psum;
         st[h].pm = pmn;
+        st[h].pm2 = pmn2;
       }
     }
   }
@@ -236,21 +245,23 @@ __device__ __forceinline__ void mma_rows_update_opt(RowStats (&st)[2], const flo
     const float mn = fmaxf(st[h].m, quad_max(tmax[h]));
     if (mn != NEG_INF) {  // the same in the 4 lanes of the row
       const float mn2 = mn * scale2;
-      float sum = 0.f;
+      float sum = ptx::ex2(fmaf(v[h][0], scale2, -mn2));
 #pragma unroll
-      for (int k = 0; k < K; ++k) sum += ptx::ex2(v[h][k] * scale2 - mn2);
-      st[h].l = st[h].l * ptx::ex2(st[h].m * scale2 - mn2) + sum;
+      for (int k = 1; k < K; ++k) sum += ptx::ex2(fmaf(v[h][k], scale2, -mn2));
+      st[h].l = st[h].l * ptx::ex2(st[h].m2 - mn2) + sum;  // exactly 1 while the max holds
       st[h].m = mn;
+      st[h].m2 = mn2;
     }
     if (vin) {
       const float pmn = fmaxf(st[h].pm, quad_max(pmax[h]));
       if (pmn != NEG_INF) {
         const float pmn2 = pmn * scale2;
-        float psum = 0.f;
+        float psum = ptx::ex2(fmaf(pv[h][0], scale2, -pmn2));
 #pragma unroll
-        for (int k = 0; k < K; ++k) psum += ptx::ex2(pv[h][k] * scale2 - pmn2);
-        st[h].pl = st[h].pl * ptx::ex2(st[h].pm * scale2 - pmn2) + psum;
+        for (int k = 1; k < K; ++k) psum += ptx::ex2(fmaf(pv[h][k], scale2, -pmn2));
+        st[h].pl = st[h].pl * ptx::ex2(st[h].pm2 - pmn2) + psum;
         st[h].pm = pmn;
+        st[h].pm2 = pmn2;
       }
     }
   }
@@ -331,7 +342,7 @@ __global__ void __launch_bounds__(C::NT) supcon_fwd_mma_kernel(const MmaFwdParam
   }
   RowStats st[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) st[h] = RowStats{NEG_INF, 0.f, NEG_INF, 0.f, 0, 0.f};
+  for (int h = 0; h < 2; ++h) st[h] = RowStats{NEG_INF, 0.f, NEG_INF, 0.f, 0, 0.f, NEG_INF, NEG_INF};
 
   int stage = 0;
   for (int64_t ct = ct_begin; ct < ct_end; ++ct) {

@@ -299,6 +299,29 @@ def test_cuda_options_in_every_kernel_family(be, dtype, dim, arch, kernels, deno
     assert_accuracy_rule(dtype, f, y, kw, result=(loss, grad))
 
 
+def to_device(queue, device):
+    rows, labels, labelled, age = queue.contrast_rows()
+    return RowsQueue(rows.to(device), labels.to(device), labelled.to(device), age.to(device))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and ops.has_kernel("cuda")), reason="needs a CUDA GPU and build")
+@pytest.mark.parametrize("dtype,dim", [(torch.bfloat16, 40), (torch.float16, 136), (torch.bfloat16, 264),
+                                       (torch.float32, 33), (torch.float64, 20)])
+@pytest.mark.parametrize("denominator,variant", [("one_positive", "in"), ("only_negatives", "out"), ("all", "in"),
+                                                 ("one_positive", "out")])
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_options_on_the_gpu(dtype, dim, denominator, variant, with_queue):
+    """The kernels the GPU's own shared memory selects, with the options and a queue, against the fp64
+    reference on the CPU (the emulated tests above cover every family on every arch)."""
+    f, y = sample_inputs(40, 2, dim, labels="few", dtype=dtype, seed=dim)
+    q = random_queue(53, dim, n_views=1, dtype=dtype, seed=2, unlabelled_every=3) if with_queue else None
+    kw = dict(temperature=0.1, variant=variant, denominator=denominator, positives_cap=2)
+    loss, grad = loss_and_grad(fused, f.cuda(), y.cuda(), queue=to_device(q, "cuda") if q else None, **kw)
+    assert loss.is_cuda
+    assert_accuracy_rule(dtype, f, y, dict(kw, queue=q), result=(loss.cpu(), grad.cpu()))
+
+
 @pytest.mark.emulated
 def test_cuda_capped_class_sums_match_the_kernel_sums():
     """fp32 'out' under a cap takes the positive term from fp64 capped class sums (a sort-and-scan on

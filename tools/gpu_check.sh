@@ -82,7 +82,7 @@ run_step build 150 "$OUT/build.log" env MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.p
 
 # ---- 3. tests ---------------------------------------------------------------------------------
 TESTS=()
-for t in tests/test_ops.py tests/test_ops_cuda.py tests/test_loss_api.py; do
+for t in tests/test_ops.py tests/test_ops_cuda.py tests/test_ops_options.py tests/test_loss_api.py; do
   if [[ -f "$t" ]]; then TESTS+=("$t"); else echo "(missing $t: skipped)"; fi
 done
 # -m 'not emulated': the CUDA emulation's cases already run in every CI; here the GPU's own.

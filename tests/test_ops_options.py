@@ -8,7 +8,7 @@ tile); every dtype; both variants and contrast modes; labels none / few / one / 
 import pytest
 import torch
 
-from helpers import Backend, loss_and_grad, sample_inputs
+from helpers import OFFICIAL_CASES, OFFICIAL_FEATURES, Backend, loss_and_grad, sample_inputs
 from supcon_fast import ops, supcon_loss
 from supcon_fast.reference import cap_ranks, flatten_views, supcon_per_anchor_reference
 
@@ -128,6 +128,27 @@ def test_queue_parity(labels, cap, variant, denominator, dtype):
     loss_ref, grad_ref = loss_and_grad(reference64, f, y, **kw)
     assert rel_err(loss, loss_ref) <= TOL[dtype] and rel_err(grad, grad_ref) <= TOL[dtype]
     assert not q.rows.requires_grad
+
+
+def official_per_sample(variant, denominator, cap, labels, dtype):
+    """The fused op's loss on the official implementation's test features, per sample (the mean over
+    its two views, as that test reports it), T = 1."""
+    z = flatten_views(torch.tensor(OFFICIAL_FEATURES, dtype=torch.float64)).to(dtype)
+    y = torch.tensor(labels).repeat(2)
+    rank = cap_ranks(y, torch.arange(6) % 3) if cap >= 0 else None
+    loss = ops.supcon_fwd(z, y, 0, 6, 1.0, variant == "in", denominator=denominator, cap_rank=rank,
+                          cap=cap // 2 if cap >= 0 else -1)[0]
+    return loss.double().view(2, 3).mean(0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("emu", marks=pytest.mark.emulated)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant,denominator,cap,expected,labels", OFFICIAL_CASES,
+                         ids=[f"{c[0]}-{c[1]}-cap{c[2]}" for c in OFFICIAL_CASES])
+def test_fused_op_reproduces_the_official_values(variant, denominator, cap, expected, labels, dtype, backend):
+    """The CPU op and the CUDA kernels (emu: under the emulation) on the official test's features."""
+    got = official_per_sample(variant, denominator, cap, labels, dtype)
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-5)
 
 
 def test_queue_rows_are_contrast_rows():

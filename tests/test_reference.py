@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from helpers import sample_inputs
+from helpers import OFFICIAL_CASES, OFFICIAL_FEATURES, sample_inputs
 from supcon_fast.reference import flatten_views, supcon_loss_reference, supcon_per_anchor_reference
 
 
@@ -72,27 +72,6 @@ def test_anchor_block_form_matches_reference(mode, variant):
     part, _ = supcon_per_anchor_reference(z, y.repeat(3), 5, 9, temperature=0.3, variant=variant)
     full, _ = supcon_per_anchor_reference(z, y.repeat(3), 0, z.shape[0], temperature=0.3, variant=variant)
     assert torch.allclose(part, full[5:14], rtol=1e-12)
-
-
-# The official implementation's published test values (google-research supcon/losses_test.py,
-# testLossForSummationLocationsAndDenominatorModes): per sample, the mean over its two views, T = 1.
-OFFICIAL_FEATURES = [[[0.01, 0.02, 0.14], [0.38, 0.61, 0.50]],
-                     [[0.86, 0.97, 0.33], [0.26, 0.68, 0.45]],
-                     [[0.32, 0.64, 0.28], [0.45, 0.74, 0.73]]]
-OFFICIAL_CASES = [
-    ("out", "all", -1, [1.6755852, 1.7973773, 1.58471], (0, 0, 1)),
-    ("out", "one_positive", -1, [1.1782627, 1.3435497, 1.58471], (0, 0, 1)),
-    ("out", "only_negatives", -1, [0.79652834, 1.0154991, 1.3529458], (0, 0, 1)),
-    ("out", "all", 4, [1.6755852, 1.7973773, 1.58471], (0, 0, 1)),
-    ("out", "all", 2, [1.1385298, 1.1824025, 1.1557417], (0, 0, 0)),
-    ("out", "all", 0, [1.3769293, 1.0785717, 1.58471], (0, 0, 1)),
-    ("in", "all", -1, [1.6356678, 1.7135872, 1.58471], (0, 0, 1)),
-    ("in", "one_positive", -1, [1.1571673, 1.2941568, 1.58471], (0, 0, 1)),
-    ("in", "only_negatives", -1, [0.756611, 0.93170905, 1.3529458], (0, 0, 1)),
-    ("in", "all", 4, [1.6356678, 1.7135872, 1.58471], (0, 0, 1)),
-    ("in", "all", 2, [1.0986123, 1.0986123, 1.0986123], (0, 0, 0)),
-    ("in", "all", 0, [1.3769293, 1.0785717, 1.58471], (0, 0, 1)),
-]
 
 
 @pytest.mark.parametrize("variant,denominator,cap,expected,labels", OFFICIAL_CASES,

@@ -75,25 +75,23 @@ def _check_contrast_options(features, mask, denominator, positives_cap, queue):
         raise ValueError("mask takes the default sets only: give labels with queue, denominator or positives_cap")
 
 
-def _use_fused(device, mask, impl, default_sets=True) -> bool:
+def _use_fused(device, mask, impl) -> bool:
     if impl == "reference":
         return False
-    fused_ok = ops.has_kernel(device) if default_sets else ops.has_options_kernel(device)
+    fused_ok = ops.has_kernel(device)  # every fused kernel takes the options and a queue
     if impl == "fused":
         if mask is not None:
             raise ValueError("impl='fused' does not take a custom mask; use impl='reference' or 'auto' for mask")
         if not fused_ok:
             why = f" (extension not built: {ops.build_error()})" if not ops.available() else ""
-            what = "" if default_sets else " with denominator / positives_cap options"
-            raise ValueError(f"impl='fused': no fused kernel{what} for device {device}{why}")
+            raise ValueError(f"impl='fused': no fused kernel for device {device}{why}")
         return True
     return fused_ok and mask is None
 
 
-def loss_path(device, impl="auto", *, denominator="all", positives_cap=-1) -> str:
+def loss_path(device, impl="auto") -> str:
     """'fused' or 'reference': the path supcon_loss takes on ``device`` without a custom mask."""
-    default_sets = denominator == "all" and positives_cap < 0
-    return "fused" if _use_fused(torch.device(device), None, impl, default_sets) else "reference"
+    return "fused" if _use_fused(torch.device(device), None, impl) else "reference"
 
 
 def supcon_loss(features, labels=None, mask=None, *, temperature=0.07, base_temperature=None,
@@ -125,7 +123,7 @@ def supcon_loss(features, labels=None, mask=None, *, temperature=0.07, base_temp
     if world > 1 and mask is not None:
         raise ValueError("gather=True does not take a custom mask: give labels")
     default_sets = denominator == "all" and positives_cap < 0
-    fused = _use_fused(features.device, mask, impl, default_sets)
+    fused = _use_fused(features.device, mask, impl)
     if world == 1 and not fused and default_sets and queue is None:
         return supcon_loss_reference(features, labels, mask, temperature=temperature,
                                      base_temperature=base_temperature, contrast_mode=contrast_mode, variant=variant)

@@ -34,15 +34,6 @@ def has_kernel(device: torch.device | str) -> bool:
     return _KERNELS.get(torch.device(device).type if isinstance(device, str) else device.type, False)
 
 
-# The fused kernels with the denominator modes and the cap: the CPU op and the CUDA tile kernels.
-_OPTIONS = {"cpu": True, "cuda": True}
-
-
-def has_options_kernel(device: torch.device | str) -> bool:
-    """True when the fused kernel for ``device``'s type also takes denominator modes and a positives cap."""
-    return has_kernel(device) and _OPTIONS.get(torch.device(device).type, False)
-
-
 def build_error() -> ImportError | None:
     return _IMPORT_ERROR
 

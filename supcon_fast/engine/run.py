@@ -44,8 +44,7 @@ def run_info(cfg: dict, rt: Runtime, loaders: Loaders) -> dict:
     info.update(queue=queue, queue_momentum=cfg.get("queue_momentum") if queue else None)
     if cfg["loss"] != "ce":   # the path the loss takes here (the reference where no fused kernel exists)
         info.update(denominator=cfg["denominator"], positives_cap=cfg["positives_cap"],
-                    loss_path=loss_path(rt.device, cfg["loss_impl"], denominator=cfg["denominator"],
-                                        positives_cap=cfg["positives_cap"]))
+                    loss_path=loss_path(rt.device, cfg["loss_impl"]))
     info["commit"] = git_commit()  # at the start: the code this process loaded, not the checkout's later HEAD
     return info
 

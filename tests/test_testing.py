@@ -35,10 +35,10 @@ def test_launches_record_every_kernel_with_grid_block_and_shared_memory():
     assert fin["grid"] == (1, 1, 1) and fin["block"] == (256, 1, 1) and fin["smem_bytes"] == 0
     # backward: a 1-D grid of (row block, column part) items, here the 4 row blocks of 64 cut in 4
     assert bwd["grid"] == (16, 1, 1) and bwd["block"] == (128, 1, 1)
-    # forward: the anchor tile, two column-tile stages (64 rows x (64 + 8) halves each) + labels;
-    # backward: the same three tiles + two stages of the columns' statistics (g, lse, aux, label)
-    assert fwd["smem_bytes"] == 3 * 9216 + 1536
-    assert bwd["smem_bytes"] == 3 * 9216 + 2 * 1280
+    # forward: the anchor tile, two column-tile stages (64 rows x (64 + 8) halves each) + int32 labels;
+    # backward: the same three tiles + two stages of the columns' statistics (5 floats and a label)
+    assert fwd["smem_bytes"] == 3 * 9216 + 768
+    assert bwd["smem_bytes"] == 3 * 9216 + 2 * 1536
     z32, _ = problem(200, torch.float32)
     with cuda_emulation() as emu32:
         ops.supcon_fwd(z32, labels, 0, 200, 0.1, True)
@@ -62,15 +62,15 @@ def test_arch_sets_the_sm_count_the_planning_sees():
 
 
 @pytest.mark.parametrize("dtype,d,bwd_kernel,bwd_smem", [
-    (torch.bfloat16, 160, "supcon_bwd_tile_kernel<bf16, BK=64>", 84736),
-    (torch.float16, 160, "supcon_bwd_tile_kernel<fp16, BK=64>", 84736),
-    (torch.bfloat16, 100, "supcon_bwd_mma_kernel<bf16, DP=128>", 3 * 17408 + 2 * 1280),
-    (torch.float64, 32, "supcon_bwd_tile_kernel<fp64, BK=16>", 88064),
-    (torch.float32, 32, "supcon_bwd_tile_kernel<fp32, BK=64>", 69120),
+    (torch.bfloat16, 160, "supcon_bwd_tile_kernel<bf16, BK=64>", 83968),
+    (torch.float16, 160, "supcon_bwd_tile_kernel<fp16, BK=64>", 83968),
+    (torch.bfloat16, 100, "supcon_bwd_mma_kernel<bf16, DP=128>", 3 * 17408 + 2 * 1536),
+    (torch.float64, 32, "supcon_bwd_tile_kernel<fp64, BK=16>", 87552),
+    (torch.float32, 32, "supcon_bwd_tile_kernel<fp32, BK=64>", 68608),
 ])
 def test_99kb_parts_take_the_compact_backward(dtype, d, bwd_kernel, bwd_smem):
     """sm_86 / sm_89 / sm_120 allow 99 KB (101,376 B) of shared memory per block; the tensor-core
-    tile backward's default layout needs 109,312 B and fp64's 104,448 B, so there the host takes the
+    tile backward's default layout needs 108,544 B and fp64's 103,936 B, so there the host takes the
     configuration with the smaller D chunk; on sm_90 the default. The mma.sync backward (fp16 / bf16,
     D <= 128) fits every arch."""
     z, labels = problem(100, dtype, d=d)

@@ -27,7 +27,7 @@
 #include "supcon_mma_bwd.cuh"
 #include "supcon_mma_fwd.cuh"
 #include "supcon_options.cuh"
-#include "supcon_options_host.h"
+#include "supcon_inputs.h"
 
 namespace supcon_fast {
 namespace SUPCON_CUDA_NS {
@@ -65,27 +65,6 @@ ContrastOptions kernel_options(const ContrastOptions& opt) {
 
 SetRule set_rule(const ContrastOptions& opt) {
   return SetRule{opt.cap >= 0 ? opt.cap_rank.data_ptr<label_t>() : nullptr, opt.cap, static_cast<int>(opt.denominator)};
-}
-
-// For the anchors a = offset .. offset + M - 1: z_a . (C_{y_a} - z_a) in fp64, where C_y is the sum of
-// class y's rows over the whole contrast set (the 'out' positive term times T * npos, as the CPU op
-// computes it), and npos_a = |class y_a| - 1 (int64). Class sums come from a prefix sum over the rows
-// sorted by label (a stable sort, a scan and binary searches: no atomics, so deterministic, and no
-// data-dependent sizes, so no host synchronization). O(N D) fp64.
-std::tuple<at::Tensor, at::Tensor> class_stats(const at::Tensor& z, const at::Tensor& labels, int64_t offset,
-                                               int64_t M) {
-  const int64_t D = z.size(1);
-  const auto sorted = labels.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const at::Tensor& keys = std::get<0>(sorted);
-  const at::Tensor z64 = z.to(at::kDouble);
-  // prefix[k] = sum of the first k rows in label order (prefix[0] = 0)
-  const at::Tensor prefix = at::cat({at::zeros({1, D}, z64.options()), z64.index_select(0, std::get<1>(sorted)).cumsum(0)});
-  const at::Tensor ya = labels.narrow(0, offset, M);
-  const at::Tensor lo = at::searchsorted(keys, ya, /*out_int32=*/false, /*right=*/false);
-  const at::Tensor hi = at::searchsorted(keys, ya, /*out_int32=*/false, /*right=*/true);
-  const at::Tensor za = z64.narrow(0, offset, M);
-  const at::Tensor others = prefix.index_select(0, hi) - prefix.index_select(0, lo) - za;  // C_y - z_a
-  return {(za * others).sum(1).contiguous(), (hi - lo - 1).contiguous()};  // the anchor is in its class
 }
 
 // A forward configuration is an mma.sync one (MmaFwd) or a tile engine; Engine is the tile engine
@@ -168,7 +147,7 @@ void launch_fwd_kernel(const at::Tensor& z, const at::Tensor& labels, int64_t of
 // for the tile engines that want fp64 sums (kExactOutPositives). Options (the kernels count the kept
 // positives): those engines' dots only, capped where a cap is set; 'one_positive' has no such term.
 template <class C, class E>
-std::tuple<at::Tensor, at::Tensor> out_class_stats(const at::Tensor& z, const at::Tensor& labels, int64_t offset,
+std::tuple<at::Tensor, at::Tensor> out_class_stats(const at::Tensor& z, const DenseLabels& labels, int64_t offset,
                                                    int64_t M, bool variant_in, const ContrastOptions& opt) {
   if (variant_in || opt.denominator == kDenOnePositive) return {};
   if (opt.default_sets()) {
@@ -186,7 +165,7 @@ struct FwdOut {
 };
 
 template <typename scalar_t>
-void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, int64_t M, double temperature,
+void launch_fwd(const at::Tensor& z, const DenseLabels& labels, int64_t offset, int64_t M, double temperature,
                 bool variant_in, const ContrastOptions& opt, FwdOut& out) {
   using E = typename EngineFor<scalar_t>::type;  // the partials' layout and the finalize kernel
   using st_t = typename E::st_t;
@@ -201,9 +180,9 @@ void launch_fwd(const at::Tensor& z, const at::Tensor& labels, int64_t offset, i
     FwdPass<st_t> pass;
     if (options) pass.rule = set_rule(opt);
     auto run_pass = [&] {  // an mma.sync configuration knows whether it has the options
-      if constexpr (IsMmaFwd<C>::value) launch_fwd_kernel<C, C::OPT>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
-      else if (options) launch_fwd_kernel<C, true>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
-      else launch_fwd_kernel<C, false>(z, labels, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+      if constexpr (IsMmaFwd<C>::value) launch_fwd_kernel<C, C::OPT>(z, labels.ids, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+      else if (options) launch_fwd_kernel<C, true>(z, labels.ids, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
+      else launch_fwd_kernel<C, false>(z, labels.ids, offset, M, temperature, variant_in, fp, ws.data_ptr(), pass);
     };
     run_pass();
     at::Tensor pos_dot, cls_npos;
@@ -358,7 +337,7 @@ FwdOutputs supcon_fwd_cuda(const at::Tensor& z_in, const at::Tensor& labels_in, 
   const at::Tensor z = contrast_set(z_in, opt);
   if (M == 0) return {loss, lse, pos, at::zeros({0}, z_in.options().dtype(at::kLong)), coef};
 
-  const at::Tensor labels = kernel_labels(labels_in);  // dense class ids (label_t)
+  const DenseLabels labels = dense_labels(labels_in);
   // npos comes out of the kernels (they compare the label pairs) or from the class sizes (the default
   // sets' 'out', class_stats): no host synchronization either way.
   at::Tensor npos = empty_output({M}, z_in.options().dtype(at::kLong));
@@ -383,7 +362,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& z_in, 
   const int64_t N = z.size(0), D = z.size(1), M = num_anchors;
   if (M == 0 || N == 0 || D == 0) return at::zeros({z_in.size(0), D}, z_in.options());
 
-  const at::Tensor labels = kernel_labels(labels_in);  // dense class ids (label_t)
+  const at::Tensor labels = dense_labels(labels_in).ids;
   const auto st = stat_dtype(z);
   const at::Tensor npos = npos_in.contiguous();
   const at::Tensor has_pos = npos > 0;

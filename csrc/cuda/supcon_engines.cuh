@@ -40,7 +40,7 @@ __device__ __forceinline__ void lse_merge(T& m, T& l, T m2, T l2) {
 }
 
 // The kernels' labels and cap ranks: dense class ids and ranks, 0 .. R - 1 (the host relabels the
-// op's int64 labels without a host synchronization: supcon_options_host.h), so one 32-bit compare
+// op's int64 labels without a host synchronization: supcon_inputs.h), so one 32-bit compare
 // tests a pair.
 using label_t = int32_t;
 

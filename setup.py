@@ -9,6 +9,7 @@ MAX_JOBS is respected (ninja).
 import glob
 import os
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -104,7 +105,20 @@ print(
     file=sys.stderr,
 )
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """One object folder for every kind of build. setuptools' editable install (tools/setup_env.sh) would
+    compile into a throwaway folder: then a second setup, and the wheel the install test builds, would
+    recompile everything (minutes for the CUDA sources). ninja recompiles what changed, flags included.
+    An explicit --build-temp still wins."""
+
+    def finalize_options(self):
+        explicit = self.build_temp is not None
+        super().finalize_options()
+        if not explicit:
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
 setup(
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
 )

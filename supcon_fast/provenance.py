@@ -1,7 +1,9 @@
-"""Where a result came from: the commit, the machine and the time, recorded in every results JSON."""
+"""Where a result came from: the commit, the machine and the time, recorded in every results JSON; and
+the atomic write of such a JSON."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -49,3 +51,11 @@ def machine_info(device: str = "cpu") -> dict:
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """JSON to ``<path>.tmp``, then renamed: a reader (or a run killed mid-write) never sees half a file."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)

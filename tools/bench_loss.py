@@ -13,12 +13,12 @@ reference in the same run:
 Each case runs in a fresh process (see supcon_fast/bench/loss.py); out-of-memory and time-outs are recorded.
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from supcon_fast.bench import loss as benchmarks  # noqa: E402
+from supcon_fast.provenance import write_json_atomic  # noqa: E402
 
 
 def main(argv=None):
@@ -42,13 +42,13 @@ def main(argv=None):
     mem_limit = args.mem_limit_gb
     if mem_limit is None and args.device == "cpu":
         mem_limit = 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    # the JSON is rewritten after every case: a run stopped early keeps the cases it finished
     records = benchmarks.run_benchmark(args.n, args.dim, args.dtype, args.impls, device=args.device,
                                        repeats=args.repeats, timeout_s=args.timeout, mem_limit_gb=mem_limit,
                                        threads=args.threads, queues=args.queue,
-                                       progress=lambda s: print(s, flush=True))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(records, f, indent=1)
+                                       progress=lambda s: print(s, flush=True),
+                                       on_record=lambda recs: write_json_atomic(args.json, recs))
     plot_path = args.plot or os.path.splitext(args.json)[0] + ".png"
     benchmarks.plot(records, plot_path)
     print(benchmarks.markdown_table(records))

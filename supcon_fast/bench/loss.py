@@ -203,9 +203,10 @@ def run_case_subprocess(case: dict, timeout_s: float) -> dict:
 
 
 def run_benchmark(ns, dims, dtypes, impls, device="cpu", repeats=5, timeout_s=600.0, mem_limit_gb=None,
-                  threads=None, temperature=0.07, queues=None, progress=print) -> list[dict]:
+                  threads=None, temperature=0.07, queues=None, progress=print, on_record=None) -> list[dict]:
     """All cases, one subprocess each; returns the JSON records. ``queues``: K values (queue rows) to
-    contrast each n against (None: no queue); a record's ``queue`` is its K (0: none)."""
+    contrast each n against (None: no queue); a record's ``queue`` is its K (0: none). ``on_record``:
+    called with the records so far after each case (a caller killed mid-run keeps what it saved)."""
     import torch
     records = []
     meta = {"torch": torch.__version__, "commit": git_commit(), "date": utc_now(), "machine": machine_info(device)}
@@ -227,6 +228,8 @@ def run_benchmark(ns, dims, dtypes, impls, device="cpu", repeats=5, timeout_s=60
                                **result, **meta}
                         records.append(rec)
                         progress(_describe(rec))
+                        if on_record is not None:
+                            on_record(records)
     return records
 
 

@@ -62,6 +62,7 @@ cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(
 # The C++ standard is torch's (C++20 for 2.14, C++17 for older).
 # -fno-strict-aliasing: the emulated kernels move 16-bit words through uint4 / __half views of one buffer;
 # -Wno-unknown-pragmas: their '#pragma unroll' is nvcc's (GCC cannot silence it from inside the header).
+# nvcc --threads 0: the archs of the one CUDA translation unit compile in parallel (one thread per CPU).
 cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp-simd", "-fno-strict-aliasing", "-Wno-unknown-pragmas"]
 
 
@@ -88,7 +89,7 @@ if cuda_home:
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags + ["-DSUPCON_WITH_CUDA",
                                                 f"-DSUPCON_CUDA_ARCHS={arch_tag(os.environ['TORCH_CUDA_ARCH_LIST'])}"],
-                            "nvcc": ["-O3", "-lineinfo", "-DSUPCON_WITH_CUDA"]},
+                            "nvcc": ["-O3", "-lineinfo", "-DSUPCON_WITH_CUDA", "--threads", "0"]},
     )
 else:
     ext = CppExtension("supcon_fast._C", sources, include_dirs=[os.path.join(ROOT, "csrc")],

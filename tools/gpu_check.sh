@@ -79,8 +79,8 @@ run_step versions 30 "$OUT/versions.txt" versions
 
 # ---- 2. build ---------------------------------------------------------------------------------
 # TORCH_CUDA_ARCH_LIST is left to setup.py (the visible GPU's arch). csrc/cuda/supcon_cuda.cu is one
-# translation unit (every kernel family, dtype and options build): about 140 s for sm_90 alone on one
-# core of the development VM, whatever the core count, hence the limit.
+# translation unit (every kernel family, dtype and options build) that compiles on one core for a
+# single arch, whatever the core count: minutes, hence the limit.
 run_step build 300 "$OUT/build.log" env MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
 
 # ---- 3. tests ---------------------------------------------------------------------------------
